@@ -1,0 +1,256 @@
+//! Rust client for the KMS: an mTLS connection and typed calls.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kms_client::ClientError> {
+//! let client = kms_client::Client::connect(&kms_client::ConnectOptions::from_env()?).await?;
+//! let status = client.status().await?;
+//! println!("sealed: {}", status.sealed);
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use kms_proto::v1 as proto;
+use kms_proto::v1::operator_client::OperatorClient;
+use kms_proto::v1::{
+    InitRequest, InitResponse, RekeyRequest, RekeyResponse, RotateBarrierRequest,
+    RotateBarrierResponse, SealRequest, StatusRequest, StatusResponse, UnsealRequest,
+    unseal_request,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Environment variables read by [`ConnectOptions::from_env`] (and written by `kms-server dev`).
+pub const ENV_ADDR: &str = "KMS_ADDR";
+pub const ENV_CA_CERT: &str = "KMS_CA_CERT";
+pub const ENV_CLIENT_CERT: &str = "KMS_CLIENT_CERT";
+pub const ENV_CLIENT_KEY: &str = "KMS_CLIENT_KEY";
+
+/// Client errors. `Status` carries the server's gRPC status and message unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Missing or unreadable connection settings.
+    #[error("{0}")]
+    Config(String),
+    /// No connection could be made (address, TLS handshake, certificates).
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    /// The server answered with an error.
+    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    Status(#[from] tonic::Status),
+}
+
+fn code_name(code: tonic::Code) -> String {
+    // "FailedPrecondition" → "failed precondition": friendlier in one-line CLI errors.
+    let s = format!("{code:?}");
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(ch.to_ascii_lowercase());
+    }
+    out
+}
+
+/// Where the server is and which certificates to use.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `https://host:port` (a bare `host:port` gets `https://` prepended).
+    pub addr: String,
+    /// CA certificate (PEM) that the server certificate must chain to.
+    pub ca_cert: PathBuf,
+    /// This client's certificate and key (PEM).
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// TLS server name to verify, if not the host in `addr`.
+    pub server_name: Option<String>,
+}
+
+impl ConnectOptions {
+    /// Reads `KMS_ADDR`, `KMS_CA_CERT`, `KMS_CLIENT_CERT`, `KMS_CLIENT_KEY`.
+    pub fn from_env() -> Result<Self, ClientError> {
+        let var = |name: &str| {
+            std::env::var(name).map_err(|_| {
+                ClientError::Config(format!(
+                    "{name} is not set: pass it as a flag, or `source DATA_DIR/env` after `kms-server dev`"
+                ))
+            })
+        };
+        Ok(Self {
+            addr: var(ENV_ADDR)?,
+            ca_cert: var(ENV_CA_CERT)?.into(),
+            client_cert: var(ENV_CLIENT_CERT)?.into(),
+            client_key: var(ENV_CLIENT_KEY)?.into(),
+            server_name: None,
+        })
+    }
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path)
+        .map_err(|e| ClientError::Config(format!("cannot read {what} {}: {e}", path.display())))
+}
+
+/// A connected client. Cheap to clone; calls may run concurrently.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+    addr: String,
+}
+
+impl Client {
+    /// Connects with mTLS and completes the TLS handshake before returning.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Self, ClientError> {
+        let addr = if opts.addr.contains("://") {
+            opts.addr.clone()
+        } else {
+            format!("https://{}", opts.addr)
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(
+                &opts.ca_cert,
+                "CA certificate",
+            )?))
+            .identity(Identity::from_pem(
+                read(&opts.client_cert, "client certificate")?,
+                read(&opts.client_key, "client key")?,
+            ));
+        if let Some(name) = &opts.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        let connect_err = |reason: String| ClientError::Connect {
+            addr: addr.clone(),
+            reason,
+        };
+        let endpoint = Endpoint::from_shared(addr.clone())
+            .map_err(|e| connect_err(format!("bad address: {e}")))?
+            .tls_config(tls)
+            .map_err(|e| connect_err(format!("TLS configuration: {e}")))?
+            .connect_timeout(Duration::from_secs(10))
+            .tcp_nodelay(true);
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| connect_err(error_chain(&e)))?;
+        Ok(Self { channel, addr })
+    }
+
+    /// The underlying channel, for services without a typed wrapper here (health, reflection).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// A status the server sent stays `Status`; a failure below gRPC (TLS refused after
+    /// connect, connection reset) becomes `Connect`, since no KMS answered.
+    fn rpc_error(&self, s: tonic::Status) -> ClientError {
+        if std::error::Error::source(&s).is_some() {
+            ClientError::Connect {
+                addr: self.addr.clone(),
+                reason: error_chain(&s),
+            }
+        } else {
+            ClientError::Status(s)
+        }
+    }
+
+    fn operator(&self) -> OperatorClient<Channel> {
+        OperatorClient::new(self.channel.clone())
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        Ok(self
+            .operator()
+            .status(StatusRequest {})
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner())
+    }
+
+    pub async fn init(&self, shares: u32, threshold: u32) -> Result<InitResponse, ClientError> {
+        let req = InitRequest { shares, threshold };
+        Ok(self
+            .operator()
+            .init(req)
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner())
+    }
+
+    /// Submits one share; returns the progress.
+    pub async fn unseal(&self, share: &str) -> Result<StatusResponse, ClientError> {
+        let req = UnsealRequest {
+            action: Some(unseal_request::Action::Share(share.to_string())),
+        };
+        Ok(self
+            .operator()
+            .unseal(req)
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner())
+    }
+
+    /// Discards the shares submitted so far.
+    pub async fn unseal_reset(&self) -> Result<StatusResponse, ClientError> {
+        let req = UnsealRequest {
+            action: Some(unseal_request::Action::Reset(true)),
+        };
+        Ok(self
+            .operator()
+            .unseal(req)
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner())
+    }
+
+    pub async fn seal(&self) -> Result<StatusResponse, ClientError> {
+        Ok(self
+            .operator()
+            .seal(SealRequest {})
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner())
+    }
+
+    pub async fn rekey(
+        &self,
+        current_shares: Vec<String>,
+        new_shares: u32,
+        new_threshold: u32,
+    ) -> Result<RekeyResponse, ClientError> {
+        let req = RekeyRequest {
+            current_shares,
+            new_shares,
+            new_threshold,
+        };
+        Ok(self
+            .operator()
+            .rekey(req)
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner())
+    }
+
+    pub async fn rotate_barrier(&self) -> Result<RotateBarrierResponse, ClientError> {
+        Ok(self
+            .operator()
+            .rotate_barrier(RotateBarrierRequest {})
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner())
+    }
+}
+
+/// The error and its sources on one line: tonic's top-level transport error says little.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

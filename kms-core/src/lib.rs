@@ -1,0 +1,27 @@
+//! The KMS core: pure cryptography and data formats, no network, no async runtime.
+//!
+//! The public interface is:
+//! - [`Secret32`]: 32 secret bytes, zeroized on drop, never printed.
+//! - [`barrier`]: the keyring of barrier keys and the sealing of every stored record.
+//! - [`shares`]: Feldman-verifiable t-of-n splitting of the root secret and the share text format.
+
+#![forbid(unsafe_code)]
+
+pub mod barrier;
+mod secret;
+pub mod shares;
+
+pub use secret::Secret32;
+
+/// A failure of the operating system's random number generator.
+#[derive(Debug, thiserror::Error)]
+#[error("the operating system's random number generator failed")]
+pub struct CryptoError;
+
+/// Fills `buf` from the OS CSPRNG (getrandom, through ring).
+pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new()
+        .fill(buf)
+        .map_err(|_| CryptoError)
+}

@@ -1,0 +1,58 @@
+//! The server configuration file (TOML). See `kms-server/config.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration. Unknown keys are refused so a typo is not silently ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, e.g. "127.0.0.1:8200". Port 0 picks a free port.
+    pub listen: SocketAddr,
+    pub tls: TlsConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM, PKCS#8 / SEC1 / PKCS#1).
+    pub key: PathBuf,
+    /// CA certificates (PEM) that client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "backend", rename_all = "lowercase")]
+pub enum StorageConfig {
+    /// The embedded sled database in `path`.
+    Sled { path: PathBuf },
+}
+
+impl Config {
+    /// Reads and checks a config file. Relative paths are resolved against the file's folder.
+    /// Errors name the file and, for syntax errors, the line.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.tls.cert);
+        resolve(&mut config.tls.key);
+        resolve(&mut config.tls.client_ca);
+        match &mut config.storage {
+            StorageConfig::Sled { path } => resolve(path),
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,114 @@
+//! Dev mode: a complete local KMS in one command. NOT for production: the single unseal share
+//! is kept in the data directory so restarts unseal by themselves.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tokio::net::TcpListener;
+
+use crate::pki::{self, ClientSpec};
+use crate::{Config, StorageConfig, TlsConfig};
+
+/// The example roles of `policies/`, each with its own client certificate.
+const ROLES: [&str; 4] = ["admin", "service", "auditor", "officer"];
+const SHARE_FILE: &str = "dev-unseal-share";
+
+/// Starts dev mode in `data_dir` on `listen` and serves until SIGINT/SIGTERM.
+///
+/// First run: generates a dev CA, a server certificate (localhost, 127.0.0.1), a default client
+/// certificate (`client.pem`, principal `spiffe://kms.dev/dev`) and one per example role, then
+/// initialises with one share (1-of-1). Every run: unseals, binds, writes `DATA_DIR/env` with
+/// the actual address (port 0 works) and prints it.
+pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .map_err(|e| format!("data dir {}: {e}", data_dir.display()))?;
+    let tls_dir = data_dir.join("tls");
+    if !tls_dir.join("ca.pem").exists() {
+        let uris: Vec<String> = ROLES
+            .iter()
+            .map(|r| format!("spiffe://kms.dev/{r}"))
+            .collect();
+        let mut clients = vec![ClientSpec {
+            name: "client",
+            common_name: "dev",
+            uri: "spiffe://kms.dev/dev",
+        }];
+        for (role, uri) in ROLES.iter().zip(&uris) {
+            clients.push(ClientSpec {
+                name: role,
+                common_name: role,
+                uri,
+            });
+        }
+        pki::generate(&tls_dir, &["localhost", "127.0.0.1"], &clients)?;
+    }
+    let server = pki::files(&tls_dir, "server");
+    let config = Config {
+        listen,
+        tls: TlsConfig {
+            cert: server.cert,
+            key: server.key,
+            client_ca: tls_dir.join("ca.pem"),
+        },
+        storage: StorageConfig::Sled {
+            path: data_dir.join("data"),
+        },
+    };
+    let seal = crate::open_seal(&config).await?;
+    let share_path = data_dir.join(SHARE_FILE);
+    if !seal.status().await.initialized {
+        let new = seal.init(1, 1).await.map_err(|e| e.to_string())?;
+        let share = new.shares.first().ok_or("init returned no share")?;
+        pki::write_file(&share_path, share.as_bytes(), 0o600)?;
+    }
+    let share = zeroize::Zeroizing::new(std::fs::read_to_string(&share_path).map_err(|e| {
+        format!(
+            "dev data dir {} is initialised but {} is unreadable ({e}); use a fresh --data-dir",
+            data_dir.display(),
+            share_path.display()
+        )
+    })?);
+    seal.unseal(share.trim()).await.map_err(|e| e.to_string())?;
+
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read bound address: {e}"))?;
+    let client = pki::files(&tls_dir, "client");
+    let env = env_text(addr, &tls_dir.join("ca.pem"), &client.cert, &client.key);
+    let env_path = data_dir.join("env");
+    pki::write_file(&env_path, env.as_bytes(), 0o644)?;
+    println!(
+        "kms-server DEV MODE: unsealed, single share in {} (never do this in production)",
+        share_path.display()
+    );
+    println!("# source this to use kms-cli ({}):", env_path.display());
+    print!("{env}");
+    println!("kms-server listening on {addr}");
+    crate::serve(listener, &config, seal, crate::shutdown_signal()).await
+}
+
+fn env_text(addr: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> String {
+    let q = |p: &Path| shell_quote(&p.display().to_string());
+    format!(
+        "export KMS_ADDR={}\nexport KMS_CA_CERT={}\nexport KMS_CLIENT_CERT={}\nexport KMS_CLIENT_KEY={}\n",
+        shell_quote(&format!("https://{addr}")),
+        q(ca),
+        q(cert),
+        q(key)
+    )
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The default dev data directory: `./.kms-dev`.
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from(".kms-dev")
+}

@@ -1,0 +1,119 @@
+//! The KMS daemon as a library, so tests and the binary run the same code.
+//!
+//! The public interface is:
+//! - [`Config`]: the TOML configuration file.
+//! - [`start`]: open storage, load the seal and serve on a bound listener until shutdown.
+//! - [`dev`]: dev mode (generated PKI, auto init and unseal).
+//! - [`pki`]: certificate generation used by dev mode and tests.
+
+#![forbid(unsafe_code)]
+
+mod config;
+pub mod dev;
+mod error;
+pub mod pki;
+mod seal;
+mod service;
+pub mod storage;
+mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+
+pub use config::{Config, StorageConfig, TlsConfig};
+pub use error::KmsError;
+pub use seal::Seal;
+
+/// Opens the configured storage and loads the seal configuration (sealed).
+pub async fn open_seal(config: &Config) -> Result<Arc<Seal>, String> {
+    let backend: Arc<dyn storage::Backend> = match &config.storage {
+        StorageConfig::Sled { path } => {
+            Arc::new(storage::SledBackend::open(path).map_err(|e| e.to_string())?)
+        }
+    };
+    Seal::load(backend)
+        .await
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// Serves every service on `listener` with mTLS until `shutdown` resolves.
+///
+/// Served: `kms.v1.Operator`, `grpc.health.v1.Health` (overall status "" is NOT_SERVING while
+/// sealed and SERVING when unsealed; "kms.v1.Operator" is always SERVING), and server reflection
+/// in both `v1` and `v1alpha`.
+pub async fn serve(
+    listener: TcpListener,
+    config: &Config,
+    seal: Arc<Seal>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), String> {
+    let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("kms.v1.Operator", ServingStatus::Serving)
+        .await;
+    let mut sealed = seal.watch_sealed();
+    tokio::spawn(async move {
+        loop {
+            let status = if *sealed.borrow_and_update() {
+                ServingStatus::NotServing
+            } else {
+                ServingStatus::Serving
+            };
+            health.set_service_status("", status).await;
+            if sealed.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kms_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| format!("reflection: {e}"))?;
+
+    let operator = kms_proto::v1::operator_server::OperatorServer::new(
+        service::OperatorService::new(seal.clone()),
+    );
+
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(operator)
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    // Drop every secret before returning.
+    let _ = seal.seal().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,102 @@
+//! `kms-server`: parses arguments, sets up logging, and runs the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The KMS daemon. Serves the kms.v1 gRPC API over mTLS (TLS 1.3, client certificate
+/// required). It starts sealed: officers unseal it with `kms-cli operator unseal`.
+#[derive(Parser)]
+#[command(
+    version,
+    after_help = "Examples:\n  kms-server --config /etc/kms/config.toml\n  kms-server dev\n  kms-server dev --data-dir /tmp/kms --listen 127.0.0.1:0"
+)]
+struct Args {
+    /// Configuration file (TOML); see kms-server/config.example.toml.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Development mode: generated certificates, auto init and unseal, one command.
+    ///
+    /// Writes DATA_DIR/env with KMS_ADDR, KMS_CA_CERT, KMS_CLIENT_CERT, KMS_CLIENT_KEY for
+    /// kms-cli. Insecure by design: the unseal share is stored in the data directory.
+    #[command(
+        after_help = "Example:\n  kms-server dev --data-dir /tmp/kms --listen 127.0.0.1:0 &\n  . /tmp/kms/env && kms-cli operator status"
+    )]
+    Dev {
+        /// Data directory (created if missing; reused across restarts).
+        #[arg(long, value_name = "DIR", default_value = ".kms-dev")]
+        data_dir: PathBuf,
+        /// Address to listen on; port 0 picks a free port (the real one goes in DATA_DIR/env).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8200")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KMS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kms-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match args.command {
+            Some(Command::Dev { data_dir, listen }) => {
+                kms_server::dev::run(&data_dir, listen).await
+            }
+            None => {
+                let path = args.config.ok_or(
+                    "--config FILE is required (or run `kms-server dev` for a local dev server)",
+                )?;
+                run(path).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kms-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: PathBuf) -> Result<(), String> {
+    let config = kms_server::Config::load(&path)?;
+    let seal = kms_server::open_seal(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read bound address: {e}"))?;
+    let status = seal.status().await;
+    let state = if status.initialized {
+        "sealed"
+    } else {
+        "not initialised"
+    };
+    // Tests and scripts wait for this line.
+    println!("kms-server listening on {addr} ({state})");
+    kms_server::serve(listener, &config, seal, kms_server::shutdown_signal()).await
+}

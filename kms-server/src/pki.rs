@@ -1,0 +1,98 @@
+//! Generation of a small PKI (a CA, a server certificate, client certificates) for dev mode
+//! and tests. Production deployments bring their own certificates.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// Paths of a generated certificate and its key.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A client identity to issue: file stem, subject CN and URI SAN (e.g. a SPIFFE id).
+pub struct ClientSpec<'a> {
+    pub name: &'a str,
+    pub common_name: &'a str,
+    pub uri: &'a str,
+}
+
+/// Writes `ca.pem`, `server.pem`/`server-key.pem` (SANs `server_names`, DNS names or IP
+/// addresses) and `<name>.pem`/`<name>-key.pem` for each client into `dir`. Keys are written
+/// with mode 0600. The CA's private key is not kept: nothing more can be issued later.
+pub fn generate(
+    dir: &Path,
+    server_names: &[&str],
+    clients: &[ClientSpec<'_>],
+) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let err = |e: rcgen::Error| format!("certificate generation failed: {e}");
+
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "KMS development CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+    write_file(&dir.join("ca.pem"), ca_cert.pem().as_bytes(), 0o644)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let names: Vec<String> = server_names.iter().map(|s| s.to_string()).collect();
+    let mut server = CertificateParams::new(names).map_err(err)?;
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "kms-server");
+    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().map_err(err)?;
+    let cert = server.signed_by(&key, &issuer).map_err(err)?;
+    write_pair(dir, "server", &cert.pem(), &key.serialize_pem())?;
+
+    for c in clients {
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        p.distinguished_name.push(DnType::CommonName, c.common_name);
+        p.subject_alt_names
+            .push(SanType::URI(c.uri.try_into().map_err(err)?));
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = p.signed_by(&key, &issuer).map_err(err)?;
+        write_pair(dir, c.name, &cert.pem(), &key.serialize_pem())?;
+    }
+    Ok(())
+}
+
+/// The files `generate` wrote for `name`.
+pub fn files(dir: &Path, name: &str) -> CertFiles {
+    CertFiles {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+    }
+}
+
+fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> Result<(), String> {
+    let f = files(dir, name);
+    write_file(&f.cert, cert.as_bytes(), 0o644)?;
+    write_file(&f.key, key.as_bytes(), 0o600)
+}
+
+/// Writes a file with the given mode and fsyncs it.
+pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}

@@ -1,0 +1,487 @@
+//! The seal: initialisation, t-of-n unseal, seal, rekey and barrier rotation.
+//!
+//! Stored state (see DESIGN.md §2):
+//! - `core/seal` (clear, public): installation id, share-set id, n, t, the Feldman commitments,
+//!   and the keyring encrypted under the root key. One record, so init, rekey and rotation
+//!   each change it atomically (one compare-and-set).
+//! - `sys/installation` (barrier-sealed): proves at unseal that the keyring opens records.
+//!
+//! The root secret and the shares are never written anywhere. While unsealed, the root key and
+//! the keyring live in memory only; sealing drops them (their types zeroize on drop).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kms_core::barrier::{Keyring, RootKey};
+use kms_core::shares::{self, Commitments, Share, ShareSetId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, watch};
+use zeroize::Zeroizing;
+
+use crate::error::KmsError;
+use crate::storage::{Backend, Expect};
+
+const SEAL_PATH: &str = "core/seal";
+const INSTALLATION_PATH: &str = "sys/installation";
+const SEAL_FORMAT: u32 = 1;
+
+/// The public seal configuration as stored in `core/seal`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SealRecord {
+    format: u32,
+    installation_id: String,
+    share_set_id: String,
+    shares: u8,
+    threshold: u8,
+    commitments: String,
+    /// The keyring, encrypted under the root key (hex).
+    keyring: String,
+    created_unix: u64,
+}
+
+/// The parsed seal configuration and the storage version it was read at.
+struct Config {
+    installation_id: Vec<u8>,
+    set_id: ShareSetId,
+    shares: u8,
+    threshold: u8,
+    commitments: Commitments,
+    keyring_blob: Vec<u8>,
+    created_unix: u64,
+    version: u64,
+}
+
+enum State {
+    Sealed { submitted: Vec<Share> },
+    Unsealed { root: RootKey, keyring: Keyring },
+}
+
+struct Inner {
+    config: Option<Config>,
+    state: State,
+}
+
+/// A snapshot of the seal state, safe to show anyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealStatus {
+    pub initialized: bool,
+    pub sealed: bool,
+    pub shares: u32,
+    pub threshold: u32,
+    pub progress: u32,
+    pub submitted_indexes: Vec<u32>,
+    pub share_set_id: String,
+    pub barrier_term: u32,
+    pub barrier_terms: u32,
+}
+
+/// New shares handed out by init or rekey. Shown once, never stored.
+pub struct NewShares {
+    pub shares: Vec<Zeroizing<String>>,
+    pub threshold: u8,
+    pub share_set_id: ShareSetId,
+}
+
+/// The seal manager. All operator changes are serialised by one lock.
+pub struct Seal {
+    backend: Arc<dyn Backend>,
+    inner: Mutex<Inner>,
+    sealed_tx: watch::Sender<bool>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Seal {
+    /// Loads the seal configuration. The result is always sealed.
+    pub async fn load(backend: Arc<dyn Backend>) -> Result<Self, KmsError> {
+        let config = read_config(backend.as_ref()).await?;
+        let (sealed_tx, _) = watch::channel(true);
+        Ok(Self {
+            backend,
+            inner: Mutex::new(Inner {
+                config,
+                state: State::Sealed {
+                    submitted: Vec::new(),
+                },
+            }),
+            sealed_tx,
+        })
+    }
+
+    /// Name of the storage backend.
+    pub fn storage_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Follows sealed (true) / unsealed (false) changes.
+    pub fn watch_sealed(&self) -> watch::Receiver<bool> {
+        self.sealed_tx.subscribe()
+    }
+
+    pub async fn status(&self) -> SealStatus {
+        status_of(&*self.inner.lock().await)
+    }
+
+    /// Generates the root secret, splits it and stores the public commitments and the sealed
+    /// keyring. The KMS stays sealed: officers unseal it with their shares.
+    pub async fn init(&self, n: u32, t: u32) -> Result<NewShares, KmsError> {
+        let mut inner = self.inner.lock().await;
+        if inner.config.is_some() {
+            return Err(KmsError::AlreadyInitialized);
+        }
+        let (n, t) = share_params(n, t)?;
+        let (root_secret, commitments, set_id, shares) = shares::split(n, t)?;
+        let mut installation_id = vec![0u8; 16];
+        kms_core::fill_random(&mut installation_id)
+            .map_err(|e| KmsError::Internal(e.to_string()))?;
+        let root = RootKey::derive(&root_secret, &installation_id);
+        drop(root_secret);
+        let now = now_unix();
+        let keyring = Keyring::generate(now)?;
+        let marker = keyring.seal(INSTALLATION_PATH, &installation_id)?;
+        self.backend
+            .put(INSTALLATION_PATH, marker, Expect::Any)
+            .await?;
+        let record = SealRecord {
+            format: SEAL_FORMAT,
+            installation_id: hex::encode(&installation_id),
+            share_set_id: set_id.to_string(),
+            shares: n,
+            threshold: t,
+            commitments: hex::encode(commitments.to_bytes()),
+            keyring: hex::encode(keyring.seal_under(&root)?),
+            created_unix: now,
+        };
+        // The seal record is the commit point of init: written once, never overwritten here.
+        self.write_config(&mut inner, record, Expect::Absent)
+            .await?;
+        tracing::info!(shares = n, threshold = t, share_set = %set_id, "kms initialised");
+        Ok(NewShares {
+            shares: shares.iter().map(Share::to_text).collect(),
+            threshold: t,
+            share_set_id: set_id,
+        })
+    }
+
+    /// Submits one share. It is verified against the commitments at once; a bad one is refused
+    /// with its index and the progress is left unchanged. At t shares the KMS unseals.
+    pub async fn unseal(&self, text: &str) -> Result<SealStatus, KmsError> {
+        let share: Share = text.parse()?;
+        let mut inner = self.inner.lock().await;
+        let Inner { config, state } = &mut *inner;
+        let config = config.as_ref().ok_or(KmsError::NotInitialized)?;
+        let State::Sealed { submitted } = state else {
+            // Already unsealed: a late share changes nothing.
+            return Ok(status_of(&inner));
+        };
+        let progress = format!(
+            "progress unchanged: {} of {} shares",
+            submitted.len(),
+            config.threshold
+        );
+        check_share(&share, config, submitted)
+            .map_err(|m| KmsError::invalid(format!("{m}; {progress}")))?;
+        submitted.push(share);
+        if submitted.len() < usize::from(config.threshold) {
+            return Ok(status_of(&inner));
+        }
+        let shares = std::mem::take(submitted);
+        let (root, keyring) = match self.open_keyring(config, &shares).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "shares verified but the keyring did not open");
+                return Err(e);
+            }
+        };
+        inner.state = State::Unsealed { root, keyring };
+        self.sealed_tx.send_replace(false);
+        tracing::info!("kms unsealed");
+        Ok(status_of(&inner))
+    }
+
+    /// Discards the shares submitted so far.
+    pub async fn reset(&self) -> Result<SealStatus, KmsError> {
+        let mut inner = self.inner.lock().await;
+        if inner.config.is_none() {
+            return Err(KmsError::NotInitialized);
+        }
+        if let State::Sealed { submitted } = &mut inner.state {
+            submitted.clear();
+        }
+        Ok(status_of(&inner))
+    }
+
+    /// Seals: drops (and so zeroizes) the root key, the keyring and any submitted shares.
+    pub async fn seal(&self) -> Result<SealStatus, KmsError> {
+        let mut inner = self.inner.lock().await;
+        if inner.config.is_none() {
+            return Err(KmsError::NotInitialized);
+        }
+        inner.state = State::Sealed {
+            submitted: Vec::new(),
+        };
+        self.sealed_tx.send_replace(true);
+        tracing::warn!("kms sealed");
+        Ok(status_of(&inner))
+    }
+
+    /// Replaces the shares: needs t current shares, returns n' new ones with threshold t'.
+    /// The keyring is re-encrypted under a new root key; records are untouched. Old shares stop
+    /// working once this returns.
+    pub async fn rekey(
+        &self,
+        current: &[String],
+        new_n: u32,
+        new_t: u32,
+    ) -> Result<NewShares, KmsError> {
+        let (new_n, new_t) = share_params(new_n, new_t)?;
+        let parsed = current
+            .iter()
+            .map(|s| s.parse::<Share>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut inner = self.inner.lock().await;
+        let config = inner.config.as_ref().ok_or(KmsError::NotInitialized)?;
+        let mut accepted: Vec<Share> = Vec::new();
+        for share in parsed {
+            check_share(&share, config, &accepted).map_err(KmsError::InvalidArgument)?;
+            accepted.push(share);
+        }
+        if accepted.len() < usize::from(config.threshold) {
+            return Err(KmsError::invalid(format!(
+                "rekey needs {} current shares, got {}",
+                config.threshold,
+                accepted.len()
+            )));
+        }
+        let (_, keyring) = self.open_keyring(config, &accepted).await?;
+        let (root_secret, commitments, set_id, shares) = shares::split(new_n, new_t)?;
+        let root = RootKey::derive(&root_secret, &config.installation_id);
+        drop(root_secret);
+        let record = SealRecord {
+            format: SEAL_FORMAT,
+            installation_id: hex::encode(&config.installation_id),
+            share_set_id: set_id.to_string(),
+            shares: new_n,
+            threshold: new_t,
+            commitments: hex::encode(commitments.to_bytes()),
+            keyring: hex::encode(keyring.seal_under(&root)?),
+            created_unix: config.created_unix,
+        };
+        let expect = Expect::Version(config.version);
+        self.write_config(&mut inner, record, expect).await?;
+        match &mut inner.state {
+            // Shares submitted towards an unseal belong to the old set: drop them.
+            State::Sealed { submitted } => submitted.clear(),
+            State::Unsealed { root: r, .. } => *r = root,
+        }
+        tracing::warn!(shares = new_n, threshold = new_t, share_set = %set_id, "kms rekeyed");
+        Ok(NewShares {
+            shares: shares.iter().map(Share::to_text).collect(),
+            threshold: new_t,
+            share_set_id: set_id,
+        })
+    }
+
+    /// Adds a barrier-key term. Needs the KMS unsealed.
+    pub async fn rotate_barrier(&self) -> Result<(u32, u32), KmsError> {
+        let mut inner = self.inner.lock().await;
+        let Inner { config, state } = &mut *inner;
+        let config = config.as_ref().ok_or(KmsError::NotInitialized)?;
+        let State::Unsealed { root, keyring } = state else {
+            return Err(sealed_error(config, state));
+        };
+        let mut next = keyring.clone();
+        let term = next.rotate(now_unix())?;
+        let record = SealRecord {
+            format: SEAL_FORMAT,
+            installation_id: hex::encode(&config.installation_id),
+            share_set_id: config.set_id.to_string(),
+            shares: config.shares,
+            threshold: config.threshold,
+            commitments: hex::encode(config.commitments.to_bytes()),
+            keyring: hex::encode(next.seal_under(root)?),
+            created_unix: config.created_unix,
+        };
+        let expect = Expect::Version(config.version);
+        let terms = next.term_count() as u32;
+        // Only switch the in-memory keyring once the new one is durable.
+        self.write_config(&mut inner, record, expect).await?;
+        if let State::Unsealed { keyring, .. } = &mut inner.state {
+            *keyring = next;
+        }
+        tracing::info!(term, "barrier key rotated");
+        Ok((term, terms))
+    }
+
+    /// Combines verified shares, derives the root key and opens the keyring; proves the keyring
+    /// opens a stored record before anything is believed.
+    async fn open_keyring(
+        &self,
+        config: &Config,
+        shares: &[Share],
+    ) -> Result<(RootKey, Keyring), KmsError> {
+        let secret = shares::combine(shares, &config.commitments)?;
+        let root = RootKey::derive(&secret, &config.installation_id);
+        drop(secret);
+        let keyring = Keyring::open_under(&root, &config.keyring_blob).map_err(|_| {
+            KmsError::FailedPrecondition(
+                "the shares verified but did not open the keyring: the stored seal configuration \
+                 is damaged or was altered; progress reset. Restore the data directory from backup"
+                    .into(),
+            )
+        })?;
+        let marker = self
+            .backend
+            .get(INSTALLATION_PATH)
+            .await?
+            .ok_or_else(|| KmsError::Internal(format!("{INSTALLATION_PATH} is missing")))?;
+        let id = keyring.open(INSTALLATION_PATH, &marker.value)?;
+        if id.as_slice() != config.installation_id.as_slice() {
+            return Err(KmsError::Internal(
+                "installation marker does not match the seal configuration".into(),
+            ));
+        }
+        Ok((root, keyring))
+    }
+
+    async fn write_config(
+        &self,
+        inner: &mut Inner,
+        record: SealRecord,
+        expect: Expect,
+    ) -> Result<(), KmsError> {
+        let bytes = serde_json::to_vec(&record).map_err(|e| KmsError::Internal(e.to_string()))?;
+        let version = self.backend.put(SEAL_PATH, bytes, expect).await?;
+        inner.config = Some(parse_config(record, version)?);
+        Ok(())
+    }
+}
+
+/// Checks one share before it counts: right share set, valid against the commitments, not a
+/// duplicate. The error message names the share by index.
+fn check_share(share: &Share, config: &Config, submitted: &[Share]) -> Result<(), String> {
+    let i = share.index();
+    if share.set_id() != config.set_id {
+        return Err(format!(
+            "share {i} belongs to share set {} but this kms uses share set {}: it is from another \
+             installation or from before a rekey",
+            share.set_id(),
+            config.set_id
+        ));
+    }
+    if u32::from(i) > u32::from(config.shares) {
+        return Err(format!(
+            "share {i} does not exist: this kms has {} shares",
+            config.shares
+        ));
+    }
+    if submitted.iter().any(|s| s.index() == i) {
+        return Err(format!("share {i} was already submitted"));
+    }
+    shares::verify(share, &config.commitments).map_err(|_| {
+        format!(
+            "share {i} does not verify against this kms's commitments: it is wrong or corrupted"
+        )
+    })
+}
+
+fn share_params(n: u32, t: u32) -> Result<(u8, u8), KmsError> {
+    let n8 = u8::try_from(n).map_err(|_| KmsError::invalid("shares must be between 1 and 32"))?;
+    let t8 =
+        u8::try_from(t).map_err(|_| KmsError::invalid("threshold must be between 1 and shares"))?;
+    Ok((n8, t8))
+}
+
+fn sealed_error(config: &Config, state: &State) -> KmsError {
+    let progress = match state {
+        State::Sealed { submitted } => submitted.len() as u32,
+        State::Unsealed { .. } => 0,
+    };
+    KmsError::Sealed(progress, u32::from(config.threshold))
+}
+
+fn status_of(inner: &Inner) -> SealStatus {
+    let Some(config) = &inner.config else {
+        return SealStatus {
+            initialized: false,
+            sealed: true,
+            shares: 0,
+            threshold: 0,
+            progress: 0,
+            submitted_indexes: Vec::new(),
+            share_set_id: String::new(),
+            barrier_term: 0,
+            barrier_terms: 0,
+        };
+    };
+    let (sealed, indexes, term, terms) = match &inner.state {
+        State::Sealed { submitted } => (
+            true,
+            submitted
+                .iter()
+                .map(|s| u32::from(s.index()))
+                .collect::<Vec<_>>(),
+            0,
+            0,
+        ),
+        State::Unsealed { keyring, .. } => (
+            false,
+            Vec::new(),
+            keyring.active_term(),
+            keyring.term_count() as u32,
+        ),
+    };
+    SealStatus {
+        initialized: true,
+        sealed,
+        shares: u32::from(config.shares),
+        threshold: u32::from(config.threshold),
+        progress: indexes.len() as u32,
+        submitted_indexes: indexes,
+        share_set_id: config.set_id.to_string(),
+        barrier_term: term,
+        barrier_terms: terms,
+    }
+}
+
+async fn read_config(backend: &dyn Backend) -> Result<Option<Config>, KmsError> {
+    let Some(raw) = backend.get(SEAL_PATH).await? else {
+        return Ok(None);
+    };
+    let record: SealRecord = serde_json::from_slice(&raw.value)
+        .map_err(|e| KmsError::Internal(format!("stored seal configuration is unreadable: {e}")))?;
+    parse_config(record, raw.version).map(Some)
+}
+
+fn parse_config(record: SealRecord, version: u64) -> Result<Config, KmsError> {
+    let bad = |what: &str| KmsError::Internal(format!("stored seal configuration: bad {what}"));
+    if record.format != SEAL_FORMAT {
+        return Err(bad("format version"));
+    }
+    let set = hex::decode(&record.share_set_id).map_err(|_| bad("share set id"))?;
+    let set: [u8; 4] = set.try_into().map_err(|_| bad("share set id"))?;
+    let commitments = hex::decode(&record.commitments)
+        .ok()
+        .and_then(|b| Commitments::from_bytes(&b).ok())
+        .ok_or_else(|| bad("commitments"))?;
+    if commitments.threshold() != record.threshold || record.threshold > record.shares {
+        return Err(bad("threshold"));
+    }
+    Ok(Config {
+        installation_id: hex::decode(&record.installation_id)
+            .map_err(|_| bad("installation id"))?,
+        set_id: ShareSetId(set),
+        shares: record.shares,
+        threshold: record.threshold,
+        commitments,
+        keyring_blob: hex::decode(&record.keyring).map_err(|_| bad("keyring"))?,
+        created_unix: record.created_unix,
+        version,
+    })
+}

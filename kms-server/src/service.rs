@@ -1,0 +1,110 @@
+//! The `kms.v1.Operator` gRPC service: thin glue from requests to [`Seal`].
+
+use std::sync::Arc;
+
+use kms_proto::v1::operator_server::Operator;
+use kms_proto::v1::{
+    InitRequest, InitResponse, RekeyRequest, RekeyResponse, RotateBarrierRequest,
+    RotateBarrierResponse, SealRequest, StatusRequest, StatusResponse, UnsealRequest,
+    unseal_request,
+};
+use tonic::{Request, Response, Status};
+
+use crate::error::KmsError;
+use crate::seal::{NewShares, Seal, SealStatus};
+
+pub struct OperatorService {
+    seal: Arc<Seal>,
+}
+
+impl OperatorService {
+    pub fn new(seal: Arc<Seal>) -> Self {
+        Self { seal }
+    }
+
+    fn status(&self, s: SealStatus) -> StatusResponse {
+        StatusResponse {
+            initialized: s.initialized,
+            sealed: s.sealed,
+            threshold: s.threshold,
+            shares: s.shares,
+            progress: s.progress,
+            submitted_indexes: s.submitted_indexes,
+            share_set_id: s.share_set_id,
+            barrier_term: s.barrier_term,
+            barrier_terms: s.barrier_terms,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            storage: self.seal.storage_name().to_string(),
+        }
+    }
+}
+
+fn shares_out(s: NewShares) -> (Vec<String>, u32, String) {
+    // The response must own plain Strings; the zeroizing originals are wiped on drop here.
+    let shares = s.shares.iter().map(|z| z.to_string()).collect();
+    (shares, u32::from(s.threshold), s.share_set_id.to_string())
+}
+
+#[tonic::async_trait]
+impl Operator for OperatorService {
+    async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
+        let r = req.into_inner();
+        let (shares, threshold, share_set_id) =
+            shares_out(self.seal.init(r.shares, r.threshold).await?);
+        Ok(Response::new(InitResponse {
+            shares,
+            threshold,
+            share_set_id,
+        }))
+    }
+
+    async fn unseal(
+        &self,
+        req: Request<UnsealRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let status = match req.into_inner().action {
+            Some(unseal_request::Action::Share(share)) => self.seal.unseal(&share).await?,
+            Some(unseal_request::Action::Reset(true)) => self.seal.reset().await?,
+            _ => {
+                return Err(KmsError::invalid(
+                    "unseal needs a share, or reset = true to discard submitted shares",
+                )
+                .into());
+            }
+        };
+        Ok(Response::new(self.status(status)))
+    }
+
+    async fn seal(&self, _req: Request<SealRequest>) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.status(self.seal.seal().await?)))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.status(self.seal.status().await)))
+    }
+
+    async fn rekey(&self, req: Request<RekeyRequest>) -> Result<Response<RekeyResponse>, Status> {
+        let r = req.into_inner();
+        let new = self
+            .seal
+            .rekey(&r.current_shares, r.new_shares, r.new_threshold)
+            .await?;
+        let (shares, threshold, share_set_id) = shares_out(new);
+        Ok(Response::new(RekeyResponse {
+            shares,
+            threshold,
+            share_set_id,
+        }))
+    }
+
+    async fn rotate_barrier(
+        &self,
+        _req: Request<RotateBarrierRequest>,
+    ) -> Result<Response<RotateBarrierResponse>, Status> {
+        let (term, terms) = self.seal.rotate_barrier().await?;
+        Ok(Response::new(RotateBarrierResponse { term, terms }))
+    }
+}

@@ -1,0 +1,59 @@
+//! Storage backends: an async key-value store with compare-and-set on a record version.
+//!
+//! Backends only ever hold public seal configuration and barrier-sealed ciphertext.
+
+mod sled;
+
+pub use self::sled::SledBackend;
+
+/// What a write expects to find, for compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Write whatever is there (last writer wins).
+    Any,
+    /// The record must not exist yet.
+    Absent,
+    /// The record must exist at exactly this version.
+    Version(u64),
+}
+
+/// A stored value and its version. Versions start at 1 and grow by one on every put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    pub version: u64,
+    pub value: Vec<u8>,
+}
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The compare-and-set precondition did not hold; nothing was written.
+    #[error("record {key} changed concurrently (expected {expected:?}, found version {found})")]
+    Conflict {
+        key: String,
+        expected: Expect,
+        found: u64,
+    },
+    /// The store could not read or write; whether the write happened is unknown.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// A stored record is not in a format this server wrote.
+    #[error("stored record {0} is corrupt")]
+    Corrupt(String),
+}
+
+/// An async key-value store. Every `put`/`delete` that returns `Ok` is durable: it survives a
+/// process kill or power loss (see each backend for exactly how).
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Reads one record.
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StorageError>;
+    /// Writes one record if `expect` holds; returns its new version.
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<u64, StorageError>;
+    /// Deletes one record if `expect` holds. Deleting a missing record with `Expect::Any` is Ok.
+    async fn delete(&self, key: &str, expect: Expect) -> Result<(), StorageError>;
+    /// The keys starting with `prefix`, in byte order.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+    /// A short name for status output ("sled").
+    fn name(&self) -> &'static str;
+}
