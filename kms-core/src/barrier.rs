@@ -70,6 +70,13 @@ impl RootKey {
     }
 }
 
+impl RootKey {
+    /// The key bytes. For audits and tests only.
+    pub fn expose(&self) -> &[u8; 32] {
+        self.0.expose()
+    }
+}
+
 impl std::fmt::Debug for RootKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RootKey(<redacted>)")
@@ -137,6 +144,12 @@ impl Keyring {
             .next_back()
             .map(|k| k.created_unix)
             .unwrap_or(0)
+    }
+
+    /// Every barrier key with its term. For audits and tests that check no key reached disk in
+    /// clear; greppable like [`Secret32::expose`].
+    pub fn expose_keys(&self) -> impl Iterator<Item = (u32, &Secret32)> {
+        self.keys.iter().map(|(t, k)| (*t, &k.key))
     }
 
     /// Adds a fresh key as a new term and makes it active. Returns the new term.

@@ -1,0 +1,245 @@
+//! Test harness: starts the real `kms-server` binary on 127.0.0.1:0 with real TLS and a real
+//! data directory, and drives it with the real client library and the real `kms-cli`.
+//!
+//! Readiness is the server's "listening on ADDR" line, never a sleep.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use kms_client::{Client, ConnectOptions};
+use kms_server::pki::{self, ClientSpec};
+
+/// Path of a workspace binary. `cargo test --workspace` builds them next to the test's `deps/`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run the tests with `cargo test --workspace` so the binaries are built",
+        path.display()
+    );
+    path
+}
+
+/// A CA with a server certificate and client certificates `client` and `other`.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn generate(dir: &Path) -> Self {
+        pki::generate(
+            dir,
+            &["localhost", "127.0.0.1"],
+            &[
+                ClientSpec {
+                    name: "client",
+                    common_name: "test-operator",
+                    uri: "spiffe://kms.test/operator",
+                },
+                ClientSpec {
+                    name: "other",
+                    common_name: "test-other",
+                    uri: "spiffe://kms.test/other",
+                },
+            ],
+        )
+        .unwrap();
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    pub fn client(&self, name: &str) -> pki::CertFiles {
+        pki::files(&self.dir, name)
+    }
+}
+
+/// One installation: a PKI and a data directory, which servers are started on and restarted.
+pub struct Installation {
+    pub root: tempfile::TempDir,
+    pub pki: Pki,
+}
+
+impl Default for Installation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Installation {
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let pki = Pki::generate(&root.path().join("tls"));
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"tls/server.pem\"\nkey = \"tls/server-key.pem\"\nclient_ca = \"tls/ca.pem\"\n[storage]\nbackend = \"sled\"\npath = \"data\"\n"
+        );
+        std::fs::write(root.path().join("config.toml"), config).unwrap();
+        Self { root, pki }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    /// Starts `kms-server --config` and waits for its "listening on" line.
+    pub fn start(&self) -> Server {
+        Server::spawn(
+            Command::new(bin("kms-server"))
+                .arg("--config")
+                .arg(self.root.path().join("config.toml")),
+            &self.root.path().join("server.log"),
+            self.pki.ca(),
+            self.pki.client("client"),
+        )
+    }
+}
+
+/// A running server process. Killed (SIGKILL) on drop.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    ca: PathBuf,
+    client: pki::CertFiles,
+}
+
+impl Server {
+    /// Spawns `cmd` and reads its stdout up to the "kms-server listening on ADDR" line.
+    pub fn spawn(cmd: &mut Command, log: &Path, ca: PathBuf, client: pki::CertFiles) -> Server {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.strip_prefix("kms-server listening on ") {
+                        break rest.split_whitespace().next().unwrap().to_string();
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(log).unwrap_or_default();
+                    panic!("kms-server exited before listening; its log:\n{log}");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            addr: format!("https://{addr}"),
+            ca,
+            client,
+        }
+    }
+
+    pub fn options(&self, client: &pki::CertFiles) -> ConnectOptions {
+        ConnectOptions {
+            addr: self.addr.clone(),
+            ca_cert: self.ca.clone(),
+            client_cert: client.cert.clone(),
+            client_key: client.key.clone(),
+            server_name: Some("localhost".into()),
+        }
+    }
+
+    /// A connected client with the default test client certificate.
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.options(&self.client)).await.unwrap()
+    }
+
+    /// Runs `kms-cli` against this server with the connection in the environment.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_stdin(args, "")
+    }
+
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin("kms-cli"))
+            .args(args)
+            .env("KMS_ADDR", &self.addr)
+            .env("KMS_CA_CERT", &self.ca)
+            .env("KMS_CLIENT_CERT", &self.client.cert)
+            .env("KMS_CLIENT_KEY", &self.client.key)
+            .env("KMS_TLS_SERVER_NAME", "localhost")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// SIGKILL: no shutdown path runs, as in a crash.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap().success()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI and parses its JSON output; panics with stderr if it failed.
+pub fn cli_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "kms-cli failed ({:?}): {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Initialises through the client library; returns the shares in index order.
+pub async fn init(server: &Server, n: u32, t: u32) -> Vec<String> {
+    let resp = server.client().await.init(n, t).await.unwrap();
+    assert_eq!(resp.shares.len(), n as usize);
+    resp.shares
+}
+
+/// Submits the given shares (1-based indexes) and asserts the KMS ends unsealed.
+pub async fn unseal_with(server: &Server, shares: &[String], indexes: &[usize]) {
+    let client = server.client().await;
+    let mut last = None;
+    for i in indexes {
+        last = Some(client.unseal(&shares[i - 1]).await.unwrap());
+    }
+    let status = last.unwrap();
+    assert!(!status.sealed, "still sealed after shares {indexes:?}: {status:?}");
+}
