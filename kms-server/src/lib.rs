@@ -21,7 +21,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tonic_health::ServingStatus;
 
 pub use config::{Config, StorageConfig, TlsConfig};
 pub use error::KmsError;
@@ -54,23 +53,9 @@ pub async fn serve(
     let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("kms.v1.Operator", ServingStatus::Serving)
-        .await;
-    let mut sealed = seal.watch_sealed();
-    tokio::spawn(async move {
-        loop {
-            let status = if *sealed.borrow_and_update() {
-                ServingStatus::NotServing
-            } else {
-                ServingStatus::Serving
-            };
-            health.set_service_status("", status).await;
-            if sealed.changed().await.is_err() {
-                break;
-            }
-        }
-    });
+    // Health changes are published by the Operator service before it answers, so a client that
+    // saw "unsealed" never then reads a stale NOT_SERVING.
+    service::publish_health(&health, seal.status().await.sealed).await;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -85,7 +70,7 @@ pub async fn serve(
         .map_err(|e| format!("reflection: {e}"))?;
 
     let operator = kms_proto::v1::operator_server::OperatorServer::new(
-        service::OperatorService::new(seal.clone()),
+        service::OperatorService::new(seal.clone(), health),
     );
 
     tonic::transport::Server::builder()

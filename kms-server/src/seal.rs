@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kms_core::barrier::{Keyring, RootKey};
 use kms_core::shares::{self, Commitments, Share, ShareSetId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, watch};
+use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::error::KmsError;
@@ -87,7 +87,6 @@ pub struct NewShares {
 pub struct Seal {
     backend: Arc<dyn Backend>,
     inner: Mutex<Inner>,
-    sealed_tx: watch::Sender<bool>,
 }
 
 fn now_unix() -> u64 {
@@ -101,7 +100,6 @@ impl Seal {
     /// Loads the seal configuration. The result is always sealed.
     pub async fn load(backend: Arc<dyn Backend>) -> Result<Self, KmsError> {
         let config = read_config(backend.as_ref()).await?;
-        let (sealed_tx, _) = watch::channel(true);
         Ok(Self {
             backend,
             inner: Mutex::new(Inner {
@@ -110,18 +108,12 @@ impl Seal {
                     submitted: Vec::new(),
                 },
             }),
-            sealed_tx,
         })
     }
 
     /// Name of the storage backend.
     pub fn storage_name(&self) -> &'static str {
         self.backend.name()
-    }
-
-    /// Follows sealed (true) / unsealed (false) changes.
-    pub fn watch_sealed(&self) -> watch::Receiver<bool> {
-        self.sealed_tx.subscribe()
     }
 
     pub async fn status(&self) -> SealStatus {
@@ -200,7 +192,6 @@ impl Seal {
             }
         };
         inner.state = State::Unsealed { root, keyring };
-        self.sealed_tx.send_replace(false);
         tracing::info!("kms unsealed");
         Ok(status_of(&inner))
     }
@@ -226,7 +217,6 @@ impl Seal {
         inner.state = State::Sealed {
             submitted: Vec::new(),
         };
-        self.sealed_tx.send_replace(true);
         tracing::warn!("kms sealed");
         Ok(status_of(&inner))
     }

@@ -9,17 +9,39 @@ use kms_proto::v1::{
     unseal_request,
 };
 use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::error::KmsError;
 use crate::seal::{NewShares, Seal, SealStatus};
 
 pub struct OperatorService {
     seal: Arc<Seal>,
+    health: HealthReporter,
+}
+
+/// Sets the overall health ("") from the seal state. "kms.v1.Operator" is always SERVING.
+pub async fn publish_health(health: &HealthReporter, sealed: bool) {
+    let status = if sealed {
+        ServingStatus::NotServing
+    } else {
+        ServingStatus::Serving
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status("kms.v1.Operator", ServingStatus::Serving)
+        .await;
 }
 
 impl OperatorService {
-    pub fn new(seal: Arc<Seal>) -> Self {
-        Self { seal }
+    pub fn new(seal: Arc<Seal>, health: HealthReporter) -> Self {
+        Self { seal, health }
+    }
+
+    /// Publishes the seal state to health, then builds the response.
+    async fn answer(&self, s: SealStatus) -> Response<StatusResponse> {
+        publish_health(&self.health, s.sealed).await;
+        Response::new(self.status(s))
     }
 
     fn status(&self, s: SealStatus) -> StatusResponse {
@@ -72,11 +94,11 @@ impl Operator for OperatorService {
                 .into());
             }
         };
-        Ok(Response::new(self.status(status)))
+        Ok(self.answer(status).await)
     }
 
     async fn seal(&self, _req: Request<SealRequest>) -> Result<Response<StatusResponse>, Status> {
-        Ok(Response::new(self.status(self.seal.seal().await?)))
+        Ok(self.answer(self.seal.seal().await?).await)
     }
 
     async fn status(

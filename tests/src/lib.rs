@@ -241,5 +241,8 @@ pub async fn unseal_with(server: &Server, shares: &[String], indexes: &[usize]) 
         last = Some(client.unseal(&shares[i - 1]).await.unwrap());
     }
     let status = last.unwrap();
-    assert!(!status.sealed, "still sealed after shares {indexes:?}: {status:?}");
+    assert!(
+        !status.sealed,
+        "still sealed after shares {indexes:?}: {status:?}"
+    );
 }

@@ -16,7 +16,16 @@ fn status_code(e: kms_client::ClientError) -> tonic::Status {
 async fn init_restart_sealed_then_any_three_shares_unseal() {
     let inst = Installation::new();
     let server = inst.start();
-    let out = server.cli(&["--format", "json", "operator", "init", "--shares", "5", "--threshold", "3"]);
+    let out = server.cli(&[
+        "--format",
+        "json",
+        "operator",
+        "init",
+        "--shares",
+        "5",
+        "--threshold",
+        "3",
+    ]);
     let v = cli_json(&out);
     let shares: Vec<String> = v["shares"]
         .as_array()
@@ -27,7 +36,10 @@ async fn init_restart_sealed_then_any_three_shares_unseal() {
     assert_eq!(shares.len(), 5);
     assert_eq!(v["threshold"], 3);
     // Init leaves it sealed: officers must unseal.
-    assert_eq!(cli_json(&server.cli(&["--format", "json", "operator", "status"]))["sealed"], true);
+    assert_eq!(
+        cli_json(&server.cli(&["--format", "json", "operator", "status"]))["sealed"],
+        true
+    );
     drop(server);
 
     let server = inst.start();
@@ -43,7 +55,10 @@ async fn init_restart_sealed_then_any_three_shares_unseal() {
         assert_eq!(st["progress"], k as u64 + 1);
     }
     // The last share through the no-echo prompt path (piped stdin).
-    let st = cli_json(&server.cli_with_stdin(&["--format", "json", "operator", "unseal"], &format!("{}\n", shares[4])));
+    let st = cli_json(&server.cli_with_stdin(
+        &["--format", "json", "operator", "unseal"],
+        &format!("{}\n", shares[4]),
+    ));
     assert_eq!(st["sealed"], false);
     drop(server);
 
@@ -84,13 +99,25 @@ async fn bad_shares_are_refused_by_index_and_progress_is_kept() {
     let s = status_code(client.unseal(&foreign[1]).await.unwrap_err());
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().contains("share 2"), "{}", s.message());
-    assert!(s.message().contains("another installation"), "{}", s.message());
-    assert!(s.message().contains("progress unchanged: 1 of 3"), "{}", s.message());
+    assert!(
+        s.message().contains("another installation"),
+        "{}",
+        s.message()
+    );
+    assert!(
+        s.message().contains("progress unchanged: 1 of 3"),
+        "{}",
+        s.message()
+    );
 
     // A duplicate.
     let s = status_code(client.unseal(&shares[0]).await.unwrap_err());
     assert_eq!(s.code(), Code::InvalidArgument);
-    assert!(s.message().contains("share 1 was already submitted"), "{}", s.message());
+    assert!(
+        s.message().contains("share 1 was already submitted"),
+        "{}",
+        s.message()
+    );
 
     let st = client.status().await.unwrap();
     assert!(st.sealed);
@@ -145,7 +172,16 @@ async fn rekey_replaces_shares() {
     // Too few current shares: refused, nothing changed.
     let s = status_code(client.rekey(old[..2].to_vec(), 3, 2).await.unwrap_err());
     assert_eq!(s.code(), Code::InvalidArgument);
-    let mut args = vec!["--format", "json", "operator", "rekey", "--shares", "3", "--threshold", "2"];
+    let mut args = vec![
+        "--format",
+        "json",
+        "operator",
+        "rekey",
+        "--shares",
+        "3",
+        "--threshold",
+        "2",
+    ];
     for s in &old[1..4] {
         args.push("--current-share");
         args.push(s);
