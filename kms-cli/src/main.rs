@@ -226,6 +226,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         )?),
         _ => None,
     };
+    let recipients = match &op {
+        Operator::Init {
+            shares,
+            officer_key,
+            ..
+        } => officer_recipients(officer_key, *shares)?,
+        _ => None,
+    };
     let client = Client::connect(&options(&cli.conn)?).await?;
     let fmt = cli.format;
     match op {
@@ -233,10 +241,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Operator::Init {
             shares,
             threshold,
-            officer_key,
+            officer_key: _,
             out_dir,
         } => {
-            let recipients = officer_recipients(&officer_key, shares)?;
             let resp = client.init(shares, threshold).await?;
             let shares_text: Vec<Zeroizing<String>> =
                 resp.shares.into_iter().map(Zeroizing::new).collect();

@@ -128,7 +128,15 @@ impl Client {
         let endpoint = Endpoint::from_shared(addr.clone())
             .map_err(|e| connect_err(format!("bad address: {e}")))?
             .tls_config(tls)
-            .map_err(|e| connect_err(format!("TLS configuration: {e}")))?
+            .map_err(|e| {
+                ClientError::Config(format!(
+                    "bad TLS settings (CA {}, certificate {}, key {}): {}",
+                    opts.ca_cert.display(),
+                    opts.client_cert.display(),
+                    opts.client_key.display(),
+                    error_chain(&e)
+                ))
+            })?
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true);
         let channel = endpoint

@@ -57,6 +57,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
             path: data_dir.join("data"),
         },
     };
+    let tls = crate::load_tls(&config)?;
     let seal = crate::open_seal(&config).await?;
     let share_path = data_dir.join(SHARE_FILE);
     if !seal.status().await.initialized {
@@ -90,7 +91,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
     println!("# source this to use kms-cli ({}):", env_path.display());
     print!("{env}");
     println!("kms-server listening on {addr}");
-    crate::serve(listener, &config, seal, crate::shutdown_signal()).await
+    crate::serve(listener, tls, seal, crate::shutdown_signal()).await
 }
 
 fn env_text(addr: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> String {

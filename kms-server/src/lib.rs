@@ -26,6 +26,15 @@ pub use config::{Config, StorageConfig, TlsConfig};
 pub use error::KmsError;
 pub use seal::Seal;
 
+/// How long open connections may take to finish once shutdown starts.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads the TLS files named in the configuration and builds the mTLS server configuration
+/// (TLS 1.3 only, client certificate required). Errors name the file at fault.
+pub fn load_tls(config: &Config) -> Result<rustls::ServerConfig, String> {
+    tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)
+}
+
 /// Opens the configured storage and loads the seal configuration (sealed).
 pub async fn open_seal(config: &Config) -> Result<Arc<Seal>, String> {
     let backend: Arc<dyn storage::Backend> = match &config.storage {
@@ -44,14 +53,15 @@ pub async fn open_seal(config: &Config) -> Result<Arc<Seal>, String> {
 /// Served: `kms.v1.Operator`, `grpc.health.v1.Health` (overall status "" is NOT_SERVING while
 /// sealed and SERVING when unsealed; "kms.v1.Operator" is always SERVING), and server reflection
 /// in both `v1` and `v1alpha`.
+///
+/// After `shutdown` resolves, open connections get [`SHUTDOWN_GRACE`] to finish; then the
+/// server stops anyway, so an idle client cannot hold a shutdown (or a restart) for ever.
 pub async fn serve(
     listener: TcpListener,
-    config: &Config,
+    tls: rustls::ServerConfig,
     seal: Arc<Seal>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let tls = tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
-
     let (health, health_service) = tonic_health::server::health_reporter();
     // Health changes are published by the Operator service before it answers, so a client that
     // saw "unsealed" never then reads a stale NOT_SERVING.
@@ -73,14 +83,27 @@ pub async fn serve(
         service::OperatorService::new(seal.clone(), health),
     );
 
-    tonic::transport::Server::builder()
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(operator)
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
-        .await
-        .map_err(|e| format!("server error: {e}"))?;
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls), signal);
+    let grace = async {
+        match stopping_rx.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| format!("server error: {e}"))?,
+        () = grace => tracing::warn!("connections still open after the shutdown grace period; closing them"),
+    }
     // Drop every secret before returning.
     let _ = seal.seal().await;
     Ok(())

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 /// required). It starts sealed: officers unseal it with `kms-cli operator unseal`.
 #[derive(Parser)]
 #[command(
+    args_conflicts_with_subcommands = true,
     version,
     after_help = "Examples:\n  kms-server --config /etc/kms/config.toml\n  kms-server dev\n  kms-server dev --data-dir /tmp/kms --listen 127.0.0.1:0"
 )]
@@ -83,6 +84,8 @@ fn main() -> ExitCode {
 
 async fn run(path: PathBuf) -> Result<(), String> {
     let config = kms_server::Config::load(&path)?;
+    // Check the TLS files before touching storage or announcing anything.
+    let tls = kms_server::load_tls(&config)?;
     let seal = kms_server::open_seal(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -98,5 +101,5 @@ async fn run(path: PathBuf) -> Result<(), String> {
     };
     // Tests and scripts wait for this line.
     println!("kms-server listening on {addr} ({state})");
-    kms_server::serve(listener, &config, seal, kms_server::shutdown_signal()).await
+    kms_server::serve(listener, tls, seal, kms_server::shutdown_signal()).await
 }

@@ -79,9 +79,15 @@ impl Installation {
     pub fn new() -> Self {
         let root = tempfile::tempdir().unwrap();
         let pki = Pki::generate(&root.path().join("tls"));
-        let config = format!(
-            "listen = \"127.0.0.1:0\"\n[tls]\ncert = \"tls/server.pem\"\nkey = \"tls/server-key.pem\"\nclient_ca = \"tls/ca.pem\"\n[storage]\nbackend = \"sled\"\npath = \"data\"\n"
-        );
+        let config = r#"listen = "127.0.0.1:0"
+[tls]
+cert = "tls/server.pem"
+key = "tls/server-key.pem"
+client_ca = "tls/ca.pem"
+[storage]
+backend = "sled"
+path = "data"
+"#;
         std::fs::write(root.path().join("config.toml"), config).unwrap();
         Self { root, pki }
     }

@@ -1,4 +1,7 @@
 //! Transport security: TLS 1.3 only, a client certificate from the configured CA required by
+
+// Test helpers panic on unexpected failure by design.
+#![allow(clippy::unwrap_used)]
 //! every service; health and reflection served.
 
 use std::sync::Arc;

@@ -1,5 +1,8 @@
 //! Init, restart sealed, t-of-n unseal, bad shares, concurrent officers, rekey, rotation.
 
+// Test helpers panic on unexpected failure by design.
+#![allow(clippy::unwrap_used)]
+
 use kms_tests::{Installation, cli_json, init, unseal_with};
 use tonic::Code;
 

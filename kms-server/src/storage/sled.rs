@@ -6,6 +6,12 @@
 //! (`DIR/db`), so an acknowledged write survives a process kill and a power loss.
 //! Concurrent writers share one sync (group commit): a writer waits for a sync that started
 //! after its own insert, and one sync covers every insert made before it.
+//!
+//! sled writes log entries larger than about 128 KiB to separate files in `DIR/blobs/`, which
+//! its flush does not sync; every sync here also fsyncs those files and that folder.
+//! After a failed sync the backend refuses every further write: on Linux a failed fsync may
+//! drop the dirty pages, so a retry that "succeeds" would acknowledge lost data. Restart the
+//! server (sled recovers from its log) once the disk is healthy.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -27,6 +33,9 @@ struct Inner {
     written: AtomicU64,
     /// Highest ticket known durable. Guarded by the mutex so one thread syncs at a time.
     synced: std::sync::Mutex<u64>,
+    /// Set by the first failed sync; from then on every write is refused.
+    failed: std::sync::atomic::AtomicBool,
+    dir: PathBuf,
 }
 
 impl SledBackend {
@@ -41,12 +50,18 @@ impl SledBackend {
         })?;
         let data_path: PathBuf = dir.join("db");
         let data_file = File::open(&data_path).map_err(|e| io_err(&data_path, e))?;
+        // Make the files sled may just have created durable in their folder.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(dir, e))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 data_file,
                 written: AtomicU64::new(0),
                 synced: std::sync::Mutex::new(0),
+                failed: std::sync::atomic::AtomicBool::new(false),
+                dir: dir.to_path_buf(),
             }),
         })
     }
@@ -68,20 +83,65 @@ impl Inner {
             .synced
             .lock()
             .map_err(|_| StorageError::Io("sync lock poisoned by an earlier panic".into()))?;
+        self.check_healthy()?;
         if *synced >= ticket {
             // A sync that started after our insert already completed.
             return Ok(());
         }
         let covering = self.written.load(Ordering::SeqCst);
+        if let Err(e) = self.flush_and_sync() {
+            self.failed.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, "storage sync failed; refusing further writes");
+            return Err(e);
+        }
+        *synced = covering;
+        Ok(())
+    }
+
+    fn flush_and_sync(&self) -> Result<(), StorageError> {
         self.db
             .flush()
             .map_err(|e| StorageError::Io(format!("sled flush failed: {e}")))?;
         self.data_file
             .sync_data()
             .map_err(|e| StorageError::Io(format!("fdatasync of sled data file failed: {e}")))?;
-        *synced = covering;
+        sync_blobs(&self.dir.join("blobs"))
+    }
+
+    fn check_healthy(&self) -> Result<(), StorageError> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(StorageError::Io(
+                "an earlier storage sync failed, so writes are refused: check the disk, then restart the server".into(),
+            ));
+        }
         Ok(())
     }
+}
+
+/// Fsyncs every blob file and the blob folder. Blobs vanish when sled compacts; a blob gone
+/// between listing and opening needs no sync.
+fn sync_blobs(dir: &Path) -> Result<(), StorageError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(dir, e)),
+    };
+    let mut any = false;
+    for entry in entries {
+        let path = entry.map_err(|e| io_err(dir, e))?.path();
+        match File::open(&path) {
+            Ok(f) => f.sync_data().map_err(|e| io_err(&path, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&path, e)),
+        }
+        any = true;
+    }
+    if any {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StorageError {
@@ -134,6 +194,7 @@ impl Backend for SledBackend {
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<u64, StorageError> {
+        self.inner.check_healthy()?;
         let old_raw = self.inner.db.get(key.as_bytes()).map_err(sled_err)?;
         let current = old_raw.as_deref().map(|r| decode(key, r)).transpose()?;
         check(key, expect, current.as_ref())?;
@@ -162,6 +223,7 @@ impl Backend for SledBackend {
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<(), StorageError> {
+        self.inner.check_healthy()?;
         let old_raw = self.inner.db.get(key.as_bytes()).map_err(sled_err)?;
         let current = old_raw.as_deref().map(|r| decode(key, r)).transpose()?;
         check(key, expect, current.as_ref())?;
