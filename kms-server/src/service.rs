@@ -11,6 +11,7 @@ use kms_proto::v1::{
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use zeroize::Zeroize;
 
 use crate::error::KmsError;
 use crate::seal::{NewShares, Seal, SealStatus};
@@ -85,7 +86,12 @@ impl Operator for OperatorService {
         req: Request<UnsealRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let status = match req.into_inner().action {
-            Some(unseal_request::Action::Share(share)) => self.seal.unseal(&share).await?,
+            Some(unseal_request::Action::Share(mut share)) => {
+                let result = self.seal.unseal(&share).await;
+                // The decoded request is a plain String: wipe it once used.
+                share.zeroize();
+                result?
+            }
             Some(unseal_request::Action::Reset(true)) => self.seal.reset().await?,
             _ => {
                 return Err(KmsError::invalid(
@@ -109,11 +115,13 @@ impl Operator for OperatorService {
     }
 
     async fn rekey(&self, req: Request<RekeyRequest>) -> Result<Response<RekeyResponse>, Status> {
-        let r = req.into_inner();
-        let new = self
+        let mut r = req.into_inner();
+        let result = self
             .seal
             .rekey(&r.current_shares, r.new_shares, r.new_threshold)
-            .await?;
+            .await;
+        r.current_shares.iter_mut().for_each(Zeroize::zeroize);
+        let new = result?;
         let (shares, threshold, share_set_id) = shares_out(new);
         Ok(Response::new(RekeyResponse {
             shares,

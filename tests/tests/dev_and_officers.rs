@@ -27,11 +27,21 @@ async fn dev_mode_is_one_command_and_survives_restart() {
     let dir = root.path().join("dev");
     let server = start_dev(&dir);
     for role in ["client", "admin", "service", "auditor", "officer"] {
-        assert!(dir.join(format!("tls/{role}.pem")).exists(), "{role} certificate missing");
+        assert!(
+            dir.join(format!("tls/{role}.pem")).exists(),
+            "{role} certificate missing"
+        );
     }
     let env = std::fs::read_to_string(dir.join("env")).unwrap();
-    assert!(env.contains(&format!("export KMS_ADDR='{}'", server.addr)), "{env}");
-    let script = format!(". '{}/env' && '{}' --format json operator status", dir.display(), bin("kms-cli").display());
+    assert!(
+        env.contains(&format!("export KMS_ADDR='{}'", server.addr)),
+        "{env}"
+    );
+    let script = format!(
+        ". '{}/env' && '{}' --format json operator status",
+        dir.display(),
+        bin("kms-cli").display()
+    );
     let out = Command::new("sh")
         .arg("-c")
         .arg(&script)
@@ -57,7 +67,8 @@ async fn dev_mode_is_one_command_and_survives_restart() {
 async fn shares_encrypted_to_officer_age_keys() {
     let inst = Installation::new();
     let server = inst.start();
-    let ids: Vec<age::x25519::Identity> = (0..3).map(|_| age::x25519::Identity::generate()).collect();
+    let ids: Vec<age::x25519::Identity> =
+        (0..3).map(|_| age::x25519::Identity::generate()).collect();
     let out_dir = inst.root.path().join("shares");
     let mut args = vec![
         "--format".to_string(),
@@ -89,11 +100,36 @@ async fn shares_encrypted_to_officer_age_keys() {
     std::fs::write(&key1, ids[0].to_string().expose_secret()).unwrap();
     std::fs::write(&key3, ids[2].to_string().expose_secret()).unwrap();
     let share = |i: usize| out_dir.join(format!("share-{i}.age")).display().to_string();
-    let wrong = server.cli(&["operator", "unseal", "--share-file", &share(2), "--identity", key1.to_str().unwrap()]);
+    let wrong = server.cli(&[
+        "operator",
+        "unseal",
+        "--share-file",
+        &share(2),
+        "--identity",
+        key1.to_str().unwrap(),
+    ]);
     assert_eq!(wrong.status.code(), Some(2));
 
-    let st = cli_json(&server.cli(&["--format", "json", "operator", "unseal", "--share-file", &share(1), "--identity", key1.to_str().unwrap()]));
+    let st = cli_json(&server.cli(&[
+        "--format",
+        "json",
+        "operator",
+        "unseal",
+        "--share-file",
+        &share(1),
+        "--identity",
+        key1.to_str().unwrap(),
+    ]));
     assert_eq!(st["progress"], 1);
-    let st = cli_json(&server.cli(&["--format", "json", "operator", "unseal", "--share-file", &share(3), "--identity", key3.to_str().unwrap()]));
+    let st = cli_json(&server.cli(&[
+        "--format",
+        "json",
+        "operator",
+        "unseal",
+        "--share-file",
+        &share(3),
+        "--identity",
+        key3.to_str().unwrap(),
+    ]));
     assert_eq!(st["sealed"], false);
 }
