@@ -3,11 +3,13 @@
 //! The public interface is:
 //! - [`Secret32`]: 32 secret bytes, zeroized on drop, never printed.
 //! - [`barrier`]: the keyring of barrier keys and the sealing of every stored record.
+//! - [`keyname`]: key names and key ids, parsed at the edge.
 //! - [`shares`]: Feldman-verifiable t-of-n splitting of the root secret and the share text format.
 
 #![forbid(unsafe_code)]
 
 pub mod barrier;
+pub mod keyname;
 mod secret;
 pub mod shares;
 
