@@ -3,12 +3,16 @@
 //! The public interface is:
 //! - [`Secret32`]: 32 secret bytes, zeroized on drop, never printed.
 //! - [`barrier`]: the keyring of barrier keys and the sealing of every stored record.
+//! - [`ciphertext`]: the data-plane ciphertext format (v1), encryption context, seal and open.
+//! - [`key`]: key metadata and its lifecycle state machine (pure, time passed in).
 //! - [`keyname`]: key names and key ids, parsed at the edge.
 //! - [`shares`]: Feldman-verifiable t-of-n splitting of the root secret and the share text format.
 
 #![forbid(unsafe_code)]
 
 pub mod barrier;
+pub mod ciphertext;
+pub mod key;
 pub mod keyname;
 mod secret;
 pub mod shares;

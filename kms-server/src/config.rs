@@ -13,6 +13,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub tls: TlsConfig,
     pub storage: StorageConfig,
+    /// Limits and lifecycle settings of keys; every field has a default.
+    #[serde(default)]
+    pub keys: crate::keystore::KeySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]

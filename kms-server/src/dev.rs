@@ -56,6 +56,12 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
         storage: StorageConfig::Sled {
             path: data_dir.join("data"),
         },
+        // Dev mode may lower the deletion waiting period to zero days, to try the lifecycle.
+        keys: crate::keystore::KeySettings {
+            min_deletion_waiting_days: 0,
+            scheduler_interval_secs: 5,
+            ..Default::default()
+        },
     };
     let tls = crate::load_tls(&config)?;
     let seal = crate::open_seal(&config).await?;
@@ -91,7 +97,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
     println!("# source this to use kms-cli ({}):", env_path.display());
     print!("{env}");
     println!("kms-server listening on {addr}");
-    crate::serve(listener, tls, seal, crate::shutdown_signal()).await
+    crate::serve(listener, tls, &config, seal, crate::shutdown_signal()).await
 }
 
 fn env_text(addr: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> String {

@@ -9,10 +9,12 @@ use crate::storage::StorageError;
 /// secret material.
 #[derive(Debug, thiserror::Error)]
 pub enum KmsError {
-    #[error(
-        "kms is sealed: unseal it with `kms-cli operator unseal` ({0} of {1} shares submitted)"
-    )]
-    Sealed(u32, u32),
+    #[error("kms is sealed: unseal it with `kms-cli operator unseal`")]
+    Sealed,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     #[error("kms is not initialised: run `kms-cli operator init --shares N --threshold T`")]
     NotInitialized,
     #[error(
@@ -45,6 +47,36 @@ impl From<BarrierError> for KmsError {
     }
 }
 
+impl From<kms_core::key::LifecycleError> for KmsError {
+    fn from(e: kms_core::key::LifecycleError) -> Self {
+        if e.is_invalid_argument() {
+            Self::InvalidArgument(e.to_string())
+        } else {
+            Self::FailedPrecondition(e.to_string())
+        }
+    }
+}
+
+impl From<kms_core::ciphertext::CiphertextError> for KmsError {
+    fn from(e: kms_core::ciphertext::CiphertextError) -> Self {
+        use kms_core::ciphertext::CiphertextError as E;
+        match e {
+            // Opaque on the wire: a flipped bit, a truncation and a wrong context look alike.
+            E::Authentication | E::Malformed(_) => {
+                Self::InvalidArgument("ciphertext authentication failed".into())
+            }
+            E::Context(_) => Self::InvalidArgument(e.to_string()),
+            E::Random => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<kms_core::keyname::KeyNameError> for KmsError {
+    fn from(e: kms_core::keyname::KeyNameError) -> Self {
+        Self::InvalidArgument(e.to_string())
+    }
+}
+
 impl From<ShareError> for KmsError {
     fn from(e: ShareError) -> Self {
         match e {
@@ -58,7 +90,9 @@ impl From<KmsError> for tonic::Status {
     fn from(e: KmsError) -> Self {
         let msg = e.to_string();
         match e {
-            KmsError::Sealed(..) => tonic::Status::unavailable(msg),
+            KmsError::Sealed => tonic::Status::unavailable(msg),
+            KmsError::NotFound(_) => tonic::Status::not_found(msg),
+            KmsError::AlreadyExists(_) => tonic::Status::already_exists(msg),
             KmsError::NotInitialized | KmsError::FailedPrecondition(_) => {
                 tonic::Status::failed_precondition(msg)
             }

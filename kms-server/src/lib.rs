@@ -11,6 +11,8 @@
 mod config;
 pub mod dev;
 mod error;
+mod keys_service;
+pub mod keystore;
 pub mod pki;
 mod seal;
 mod service;
@@ -59,9 +61,21 @@ pub async fn open_seal(config: &Config) -> Result<Arc<Seal>, String> {
 pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
+    config: &Config,
     seal: Arc<Seal>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
+    let keystore = Arc::new(keystore::Keystore::new(seal.clone(), config.keys.clone()));
+    if !seal.status().await.sealed {
+        keystore
+            .load()
+            .await
+            .map_err(|e| format!("cannot load keys: {e}"))?;
+    }
+    let scheduler = tokio::spawn(run_scheduler(
+        keystore.clone(),
+        std::time::Duration::from_secs(config.keys.scheduler_interval_secs.max(1)),
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     // Health changes are published by the Operator service before it answers, so a client that
     // saw "unsealed" never then reads a stale NOT_SERVING.
@@ -80,7 +94,7 @@ pub async fn serve(
         .map_err(|e| format!("reflection: {e}"))?;
 
     let operator = kms_proto::v1::operator_server::OperatorServer::new(
-        service::OperatorService::new(seal.clone(), health),
+        service::OperatorService::new(seal.clone(), keystore.clone(), health),
     );
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -93,6 +107,12 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(operator)
+        .add_service(kms_proto::v1::key_admin_server::KeyAdminServer::new(
+            keys_service::KeysService::new(keystore.clone()),
+        ))
+        .add_service(kms_proto::v1::crypto_server::CryptoServer::new(
+            keys_service::KeysService::new(keystore.clone()),
+        ))
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), signal);
     let grace = async {
         match stopping_rx.await {
@@ -105,8 +125,25 @@ pub async fn serve(
         () = grace => tracing::warn!("connections still open after the shutdown grace period; closing them"),
     }
     // Drop every secret before returning.
+    scheduler.abort();
+    keystore.clear();
     let _ = seal.seal().await;
     Ok(())
+}
+
+/// Runs due rotations and destructions every `interval` while unsealed.
+async fn run_scheduler(keystore: Arc<keystore::Keystore>, interval: std::time::Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if keystore.check_unsealed().is_err() {
+            continue;
+        }
+        if let Err(e) = keystore.run_scheduled(keystore::now_unix()).await {
+            tracing::warn!(error = %e, "scheduler run failed");
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -101,5 +101,5 @@ async fn run(path: PathBuf) -> Result<(), String> {
     };
     // Tests and scripts wait for this line.
     println!("kms-server listening on {addr} ({state})");
-    kms_server::serve(listener, tls, seal, kms_server::shutdown_signal()).await
+    kms_server::serve(listener, tls, &config, seal, kms_server::shutdown_signal()).await
 }

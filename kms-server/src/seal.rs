@@ -116,6 +116,19 @@ impl Seal {
         self.backend.name()
     }
 
+    /// A copy of the keyring, for sealing and opening records. `Sealed` while sealed.
+    pub async fn keyring(&self) -> Result<Keyring, KmsError> {
+        match &self.inner.lock().await.state {
+            State::Unsealed { keyring, .. } => Ok(keyring.clone()),
+            State::Sealed { .. } => Err(KmsError::Sealed),
+        }
+    }
+
+    /// The storage backend (records written through it must be sealed with [`Seal::keyring`]).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
     pub async fn status(&self) -> SealStatus {
         status_of(&*self.inner.lock().await)
     }
@@ -284,7 +297,7 @@ impl Seal {
         let Inner { config, state } = &mut *inner;
         let config = config.as_ref().ok_or(KmsError::NotInitialized)?;
         let State::Unsealed { root, keyring } = state else {
-            return Err(sealed_error(config, state));
+            return Err(KmsError::Sealed);
         };
         let mut next = keyring.clone();
         let term = next.rotate(now_unix())?;
@@ -386,14 +399,6 @@ fn share_params(n: u32, t: u32) -> Result<(u8, u8), KmsError> {
     let t8 =
         u8::try_from(t).map_err(|_| KmsError::invalid("threshold must be between 1 and shares"))?;
     Ok((n8, t8))
-}
-
-fn sealed_error(config: &Config, state: &State) -> KmsError {
-    let progress = match state {
-        State::Sealed { submitted } => submitted.len() as u32,
-        State::Unsealed { .. } => 0,
-    };
-    KmsError::Sealed(progress, u32::from(config.threshold))
 }
 
 fn status_of(inner: &Inner) -> SealStatus {

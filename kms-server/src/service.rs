@@ -14,10 +14,12 @@ use tonic_health::server::HealthReporter;
 use zeroize::Zeroize;
 
 use crate::error::KmsError;
+use crate::keystore::Keystore;
 use crate::seal::{NewShares, Seal, SealStatus};
 
 pub struct OperatorService {
     seal: Arc<Seal>,
+    keystore: Arc<Keystore>,
     health: HealthReporter,
 }
 
@@ -35,8 +37,27 @@ pub async fn publish_health(health: &HealthReporter, sealed: bool) {
 }
 
 impl OperatorService {
-    pub fn new(seal: Arc<Seal>, health: HealthReporter) -> Self {
-        Self { seal, health }
+    pub fn new(seal: Arc<Seal>, keystore: Arc<Keystore>, health: HealthReporter) -> Self {
+        Self {
+            seal,
+            keystore,
+            health,
+        }
+    }
+
+    /// After an unseal completes, loads the keys; if they cannot be loaded the KMS seals
+    /// again (fail closed) and the error is returned.
+    async fn after_unseal(&self, s: SealStatus) -> Result<SealStatus, KmsError> {
+        if s.sealed || self.keystore.check_unsealed().is_ok() {
+            return Ok(s);
+        }
+        if let Err(e) = self.keystore.load().await {
+            tracing::error!(error = %e, "keys could not be loaded after unseal; sealing again");
+            self.keystore.clear();
+            self.seal.seal().await?;
+            return Err(e);
+        }
+        Ok(s)
     }
 
     /// Publishes the seal state to health, then builds the response.
@@ -87,7 +108,10 @@ impl Operator for OperatorService {
     ) -> Result<Response<StatusResponse>, Status> {
         let status = match req.into_inner().action {
             Some(unseal_request::Action::Share(mut share)) => {
-                let result = self.seal.unseal(&share).await;
+                let result = match self.seal.unseal(&share).await {
+                    Ok(s) => self.after_unseal(s).await,
+                    Err(e) => Err(e),
+                };
                 // The decoded request is a plain String: wipe it once used.
                 share.zeroize();
                 result?
@@ -104,7 +128,9 @@ impl Operator for OperatorService {
     }
 
     async fn seal(&self, _req: Request<SealRequest>) -> Result<Response<StatusResponse>, Status> {
-        Ok(self.answer(self.seal.seal().await?).await)
+        let status = self.seal.seal().await?;
+        self.keystore.clear();
+        Ok(self.answer(status).await)
     }
 
     async fn status(

@@ -76,7 +76,13 @@ impl Default for Installation {
 }
 
 impl Installation {
+    /// An installation with the production defaults.
     pub fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// An installation whose config file ends with `extra` (e.g. a `[keys]` section).
+    pub fn with_config(extra: &str) -> Self {
         let root = tempfile::tempdir().unwrap();
         let pki = Pki::generate(&root.path().join("tls"));
         let config = r#"listen = "127.0.0.1:0"
@@ -88,7 +94,7 @@ client_ca = "tls/ca.pem"
 backend = "sled"
 path = "data"
 "#;
-        std::fs::write(root.path().join("config.toml"), config).unwrap();
+        std::fs::write(root.path().join("config.toml"), format!("{config}{extra}")).unwrap();
         Self { root, pki }
     }
 
@@ -230,6 +236,25 @@ pub fn cli_json(out: &Output) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Test settings for the key lifecycle: zero-day deletion allowed, scheduler every second.
+pub const FAST_LIFECYCLE: &str =
+    "[keys]\nmin_deletion_waiting_days = 0\nscheduler_interval_secs = 1\n";
+
+/// Starts a server on `inst`, initialised 1-of-1 on first use, and unseals it.
+pub async fn start_unsealed(inst: &Installation, share: &mut Option<String>) -> Server {
+    let server = inst.start();
+    let s = match share {
+        Some(s) => s.clone(),
+        None => {
+            let s = init(&server, 1, 1).await.remove(0);
+            *share = Some(s.clone());
+            s
+        }
+    };
+    unseal_with(&server, &[s], &[1]).await;
+    server
 }
 
 /// Initialises through the client library; returns the shares in index order.

@@ -1,0 +1,403 @@
+//! The `kms.v1.KeyAdmin` and `kms.v1.Crypto` gRPC services: request parsing at the edge,
+//! then the [`Keystore`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kms_core::ciphertext::EncryptionContext;
+use kms_core::key::{KeyMeta, KeyState, Purpose, RevocationReason, VersionState};
+use kms_core::keyname::KeyName;
+use kms_proto::v1 as pb;
+use kms_proto::v1::crypto_server::Crypto;
+use kms_proto::v1::key_admin_server::KeyAdmin;
+use tonic::{Request, Response, Status};
+
+use crate::error::KmsError;
+use crate::keystore::Keystore;
+
+const MAX_RANDOM: u32 = 1024;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+pub struct KeysService {
+    keystore: Arc<Keystore>,
+}
+
+impl KeysService {
+    pub fn new(keystore: Arc<Keystore>) -> Self {
+        Self { keystore }
+    }
+}
+
+fn name(s: &str) -> Result<KeyName, KmsError> {
+    Ok(s.parse::<KeyName>()?)
+}
+
+fn context(map: std::collections::HashMap<String, String>) -> Result<EncryptionContext, KmsError> {
+    Ok(EncryptionContext::new(map)?)
+}
+
+fn purpose(p: i32) -> Result<Purpose, KmsError> {
+    match pb::KeyPurpose::try_from(p) {
+        Ok(pb::KeyPurpose::EncryptDecrypt) | Ok(pb::KeyPurpose::Unspecified) => {
+            Ok(Purpose::EncryptDecrypt)
+        }
+        Err(_) => Err(KmsError::invalid(format!(
+            "unknown key purpose {p}: use encrypt-decrypt"
+        ))),
+    }
+}
+
+fn reason(r: i32) -> Result<RevocationReason, KmsError> {
+    match pb::RevocationReason::try_from(r) {
+        Ok(pb::RevocationReason::Superseded) => Ok(RevocationReason::Superseded),
+        Ok(pb::RevocationReason::Compromised) => Ok(RevocationReason::Compromised),
+        Ok(pb::RevocationReason::Cessation) => Ok(RevocationReason::Cessation),
+        _ => Err(KmsError::invalid(
+            "a revocation reason is required: superseded, compromised or cessation",
+        )),
+    }
+}
+
+fn to_i64(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
+pub fn key_to_pb(m: &KeyMeta) -> pb::Key {
+    let (state, deletion, destroyed) = match m.state {
+        KeyState::Enabled => (pb::KeyState::Enabled, 0, 0),
+        KeyState::Disabled => (pb::KeyState::Disabled, 0, 0),
+        KeyState::PendingDeletion { deletion_at, .. } => {
+            (pb::KeyState::PendingDeletion, to_i64(deletion_at), 0)
+        }
+        KeyState::Destroyed { at } => (pb::KeyState::Destroyed, 0, to_i64(at)),
+    };
+    let latest = m.latest();
+    let versions = m
+        .versions
+        .iter()
+        .map(|v| {
+            let (state, reason, revoked) = match v.state {
+                VersionState::Enabled if v.version == latest => (pb::VersionState::Active, 0, 0),
+                VersionState::Enabled => (pb::VersionState::DecryptOnly, 0, 0),
+                VersionState::Revoked { reason, at } => (
+                    pb::VersionState::Revoked,
+                    match reason {
+                        RevocationReason::Superseded => pb::RevocationReason::Superseded,
+                        RevocationReason::Compromised => pb::RevocationReason::Compromised,
+                        RevocationReason::Cessation => pb::RevocationReason::Cessation,
+                    } as i32,
+                    to_i64(at),
+                ),
+                VersionState::Destroyed { .. } => (pb::VersionState::Destroyed, 0, 0),
+            };
+            pb::KeyVersion {
+                version: v.version,
+                state: state as i32,
+                revocation_reason: reason,
+                created_unix: to_i64(v.created),
+                revoked_unix: revoked,
+                encryptions: v.encryptions,
+            }
+        })
+        .collect();
+    pb::Key {
+        name: m.name.to_string(),
+        id: m.id.to_string(),
+        purpose: match m.purpose {
+            Purpose::EncryptDecrypt => pb::KeyPurpose::EncryptDecrypt as i32,
+        },
+        state: state as i32,
+        latest_version: latest,
+        min_decryption_version: m.min_decryption_version,
+        rotation_period_seconds: m.rotation_period.unwrap_or(0),
+        description: m.description.clone(),
+        labels: m.labels.clone().into_iter().collect(),
+        created_unix: to_i64(m.created),
+        updated_unix: to_i64(m.updated),
+        next_rotation_unix: m.next_rotation().map(to_i64).unwrap_or(0),
+        deletion_unix: deletion,
+        destroyed_unix: destroyed,
+        versions,
+    }
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+fn ok_key(m: Result<KeyMeta, KmsError>) -> R<pb::Key> {
+    Ok(Response::new(key_to_pb(&m?)))
+}
+
+#[tonic::async_trait]
+impl KeyAdmin for KeysService {
+    async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> R<pb::Key> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        let period = (r.rotation_period_seconds > 0).then_some(r.rotation_period_seconds);
+        let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
+        ok_key(
+            self.keystore
+                .create(
+                    name(&r.name)?,
+                    purpose(r.purpose)?,
+                    r.description,
+                    labels,
+                    period,
+                )
+                .await,
+        )
+    }
+
+    async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> R<pb::Key> {
+        self.keystore.check_unsealed()?;
+        ok_key(self.keystore.get(&name(&req.into_inner().name)?))
+    }
+
+    async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> R<pb::ListKeysResponse> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let (keys, next) = self.keystore.list(&r.prefix, after, size as usize)?;
+        Ok(Response::new(pb::ListKeysResponse {
+            keys: keys.iter().map(key_to_pb).collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> R<pb::Key> {
+        self.keystore.check_unsealed()?;
+        ok_key(self.keystore.rotate(&name(&req.into_inner().name)?).await)
+    }
+
+    async fn update_key_config(&self, req: Request<pb::UpdateKeyConfigRequest>) -> R<pb::Key> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        let period = r.rotation_period_seconds.map(|p| (p > 0).then_some(p));
+        let labels = (r.replace_labels || !r.labels.is_empty())
+            .then(|| (r.labels.into_iter().collect(), r.replace_labels));
+        ok_key(
+            self.keystore
+                .update_config(
+                    &name(&r.name)?,
+                    period,
+                    r.min_decryption_version,
+                    r.description,
+                    labels,
+                )
+                .await,
+        )
+    }
+
+    async fn disable_key(&self, req: Request<pb::KeyNameRequest>) -> R<pb::Key> {
+        self.keystore.check_unsealed()?;
+        ok_key(self.keystore.disable(&name(&req.into_inner().name)?).await)
+    }
+
+    async fn enable_key(&self, req: Request<pb::KeyNameRequest>) -> R<pb::Key> {
+        self.keystore.check_unsealed()?;
+        ok_key(self.keystore.enable(&name(&req.into_inner().name)?).await)
+    }
+
+    async fn revoke_key_version(&self, req: Request<pb::RevokeKeyVersionRequest>) -> R<pb::Key> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        ok_key(
+            self.keystore
+                .revoke(&name(&r.name)?, r.version, reason(r.reason)?)
+                .await,
+        )
+    }
+
+    async fn schedule_key_deletion(
+        &self,
+        req: Request<pb::ScheduleKeyDeletionRequest>,
+    ) -> R<pb::Key> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        let days = (r.waiting_period_days > 0
+            || self.keystore.settings().min_deletion_waiting_days == 0)
+            .then_some(r.waiting_period_days);
+        ok_key(self.keystore.schedule_deletion(&name(&r.name)?, days).await)
+    }
+
+    async fn cancel_key_deletion(&self, req: Request<pb::KeyNameRequest>) -> R<pb::Key> {
+        self.keystore.check_unsealed()?;
+        ok_key(
+            self.keystore
+                .cancel_deletion(&name(&req.into_inner().name)?)
+                .await,
+        )
+    }
+}
+
+fn item_error(e: KmsError) -> pb::ItemError {
+    let s = Status::from(e);
+    pb::ItemError {
+        code: s.code() as i32,
+        message: s.message().to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl Crypto for KeysService {
+    async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> R<pb::EncryptResponse> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        let e = self
+            .keystore
+            .encrypt(&name(&r.key)?, &r.plaintext, &context(r.context)?)?;
+        Ok(Response::new(pb::EncryptResponse {
+            ciphertext: e.ciphertext,
+            key: e.key.to_string(),
+            version: e.version,
+        }))
+    }
+
+    async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> R<pb::DecryptResponse> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        let d = self.keystore.decrypt(&r.ciphertext, &context(r.context)?)?;
+        Ok(Response::new(pb::DecryptResponse {
+            // The response must own the bytes; the zeroizing buffer is wiped here.
+            plaintext: d.plaintext.to_vec(),
+            key: d.key.to_string(),
+            version: d.version,
+        }))
+    }
+
+    async fn re_encrypt(&self, req: Request<pb::ReEncryptRequest>) -> R<pb::ReEncryptResponse> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        let dest = if r.destination_key.is_empty() {
+            None
+        } else {
+            Some(name(&r.destination_key)?)
+        };
+        let ctx = context(r.context)?;
+        let dest_ctx = if r.destination_context.is_empty() {
+            ctx.clone()
+        } else {
+            context(r.destination_context)?
+        };
+        let (d, e) = self
+            .keystore
+            .reencrypt(&r.ciphertext, &ctx, dest.as_ref(), &dest_ctx)?;
+        Ok(Response::new(pb::ReEncryptResponse {
+            ciphertext: e.ciphertext,
+            source_key: d.key.to_string(),
+            source_version: d.version,
+            key: e.key.to_string(),
+            version: e.version,
+        }))
+    }
+
+    async fn generate_data_key(
+        &self,
+        req: Request<pb::GenerateDataKeyRequest>,
+    ) -> R<pb::GenerateDataKeyResponse> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        let (dk, e) = self
+            .keystore
+            .generate_data_key(&name(&r.key)?, &context(r.context)?)?;
+        Ok(Response::new(pb::GenerateDataKeyResponse {
+            plaintext: if r.without_plaintext {
+                Vec::new()
+            } else {
+                dk.expose().to_vec()
+            },
+            ciphertext: e.ciphertext,
+            key: e.key.to_string(),
+            version: e.version,
+        }))
+    }
+
+    async fn batch_encrypt(
+        &self,
+        req: Request<pb::BatchEncryptRequest>,
+    ) -> R<pb::BatchEncryptResponse> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        self.check_batch(r.items.len())?;
+        let key = name(&r.key)?;
+        let results = r
+            .items
+            .into_iter()
+            .map(|item| {
+                let res = context(item.context)
+                    .and_then(|c| self.keystore.encrypt(&key, &item.plaintext, &c));
+                pb::BatchEncryptResult {
+                    result: Some(match res {
+                        Ok(e) => pb::batch_encrypt_result::Result::Ok(pb::EncryptResponse {
+                            ciphertext: e.ciphertext,
+                            key: e.key.to_string(),
+                            version: e.version,
+                        }),
+                        Err(e) => pb::batch_encrypt_result::Result::Error(item_error(e)),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::BatchEncryptResponse { results }))
+    }
+
+    async fn batch_decrypt(
+        &self,
+        req: Request<pb::BatchDecryptRequest>,
+    ) -> R<pb::BatchDecryptResponse> {
+        self.keystore.check_unsealed()?;
+        let r = req.into_inner();
+        self.check_batch(r.items.len())?;
+        let results = r
+            .items
+            .into_iter()
+            .map(|item| {
+                let res =
+                    context(item.context).and_then(|c| self.keystore.decrypt(&item.ciphertext, &c));
+                pb::BatchDecryptResult {
+                    result: Some(match res {
+                        Ok(d) => pb::batch_decrypt_result::Result::Ok(pb::DecryptResponse {
+                            plaintext: d.plaintext.to_vec(),
+                            key: d.key.to_string(),
+                            version: d.version,
+                        }),
+                        Err(e) => pb::batch_decrypt_result::Result::Error(item_error(e)),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::BatchDecryptResponse { results }))
+    }
+
+    async fn generate_random(
+        &self,
+        req: Request<pb::GenerateRandomRequest>,
+    ) -> R<pb::GenerateRandomResponse> {
+        self.keystore.check_unsealed()?;
+        let n = req.into_inner().length;
+        if n == 0 || n > MAX_RANDOM {
+            return Err(
+                KmsError::invalid(format!("length {n}: ask for 1 to {MAX_RANDOM} bytes")).into(),
+            );
+        }
+        let mut buf = vec![0u8; n as usize];
+        kms_core::fill_random(&mut buf).map_err(|e| KmsError::Internal(e.to_string()))?;
+        Ok(Response::new(pb::GenerateRandomResponse { random: buf }))
+    }
+}
+
+impl KeysService {
+    fn check_batch(&self, n: usize) -> Result<(), KmsError> {
+        let max = self.keystore.settings().max_batch_items;
+        if n > max {
+            return Err(KmsError::invalid(format!(
+                "batch of {n} items, the limit is {max}: split it"
+            )));
+        }
+        Ok(())
+    }
+}

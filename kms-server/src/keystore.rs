@@ -1,0 +1,645 @@
+//! The keystore: named keys, their versions' material, the lifecycle changes, and the
+//! in-memory cache the data plane reads.
+//!
+//! Stored records (all barrier-sealed):
+//! - `keys/<id>/meta`: the key's metadata ([`KeyMeta`], JSON), kept as a tombstone after
+//!   destruction so the name can never be reused;
+//! - `keys/<id>/v/<version>`: 32 bytes of key material, erased on destruction.
+//!
+//! Guarantees:
+//! - Every change is durable (material first, then metadata, by compare-and-set) before it is
+//!   acknowledged and before the cache shows it.
+//! - Encrypt and Decrypt read only the cache, never storage. The cache holds material only
+//!   for versions that can still be used and is dropped (zeroized) on seal; a destroyed key's
+//!   material is dropped from the cache in the same step that erases it from storage.
+//! - Per-version encryption counts are kept in memory and persisted with the key's next
+//!   change, so after a crash they may be low.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kms_core::Secret32;
+use kms_core::barrier::Keyring;
+use kms_core::ciphertext::{self, EncryptionContext};
+use kms_core::key::{KeyMeta, Operation, Purpose, RevocationReason, ScheduledAction};
+use kms_core::keyname::{KeyId, KeyName};
+use zeroize::Zeroizing;
+
+use crate::error::KmsError;
+use crate::seal::Seal;
+use crate::storage::Expect;
+
+/// Limits and policy knobs of the keystore (the `[keys]` config section).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// Largest plaintext Encrypt accepts, in bytes.
+    pub max_plaintext_bytes: usize,
+    /// Most items in one batch call.
+    pub max_batch_items: usize,
+    /// Shortest waiting period ScheduleKeyDeletion accepts, in days (production: at least 7).
+    pub min_deletion_waiting_days: u32,
+    /// How often the scheduler looks for keys to rotate or destroy, in seconds.
+    pub scheduler_interval_secs: u64,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            max_plaintext_bytes: 64 * 1024,
+            max_batch_items: 1000,
+            min_deletion_waiting_days: 7,
+            scheduler_interval_secs: 60,
+        }
+    }
+}
+
+/// One key in the cache: its metadata, storage version, and usable material.
+struct CachedKey {
+    meta: KeyMeta,
+    record_version: u64,
+    material: BTreeMap<u32, Secret32>,
+    /// Encryptions since `meta` was last written, per version (index = version - 1).
+    pending_counts: Vec<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Cache {
+    by_name: HashMap<KeyName, Arc<CachedKey>>,
+    by_id: HashMap<KeyId, Arc<CachedKey>>,
+}
+
+pub struct Keystore {
+    seal: Arc<Seal>,
+    settings: KeySettings,
+    /// None while sealed (or not loaded yet).
+    cache: RwLock<Option<Arc<Cache>>>,
+    /// Serialises every change to keys, so each is a read-modify-write of one cached state.
+    writer: tokio::sync::Mutex<()>,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn meta_path(id: &KeyId) -> String {
+    format!("keys/{id}/meta")
+}
+
+fn material_path(id: &KeyId, version: u32) -> String {
+    format!("keys/{id}/v/{version:010}")
+}
+
+/// A successful encryption.
+pub struct Encrypted {
+    pub ciphertext: Vec<u8>,
+    pub key: KeyName,
+    pub version: u32,
+}
+
+/// A successful decryption.
+pub struct Decrypted {
+    pub plaintext: Zeroizing<Vec<u8>>,
+    pub key: KeyName,
+    pub version: u32,
+}
+
+impl Keystore {
+    pub fn new(seal: Arc<Seal>, settings: KeySettings) -> Self {
+        Self {
+            seal,
+            settings,
+            cache: RwLock::new(None),
+            writer: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn settings(&self) -> &KeySettings {
+        &self.settings
+    }
+
+    fn cache(&self) -> Result<Arc<Cache>, KmsError> {
+        self.cache
+            .read()
+            .map_err(|_| KmsError::Internal("key cache lock poisoned".into()))?
+            .clone()
+            .ok_or(KmsError::Sealed)
+    }
+
+    /// `Sealed` unless the keys are loaded and the KMS unsealed.
+    pub fn check_unsealed(&self) -> Result<(), KmsError> {
+        self.cache().map(|_| ())
+    }
+
+    fn set_cache(&self, cache: Option<Arc<Cache>>) {
+        // A poisoned lock still holds a valid Option; replacing it is safe.
+        let mut guard = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        *guard = cache;
+    }
+
+    /// Drops every cached key and its material (zeroized on drop). Called on seal.
+    pub fn clear(&self) {
+        self.set_cache(None);
+    }
+
+    /// Loads every key from storage into the cache. Called after unseal. Any record that fails
+    /// to open or parse makes the load fail: the KMS does not serve a partial key set silently.
+    pub async fn load(&self) -> Result<usize, KmsError> {
+        let _w = self.writer.lock().await;
+        let keyring = self.seal.keyring().await?;
+        let backend = self.seal.backend();
+        let mut cache = Cache::default();
+        for path in backend.list("keys/").await? {
+            if !path.ends_with("/meta") {
+                continue;
+            }
+            let rec = backend
+                .get(&path)
+                .await?
+                .ok_or_else(|| KmsError::Internal(format!("{path} vanished during load")))?;
+            let plain = keyring.open(&path, &rec.value)?;
+            let meta: KeyMeta = serde_json::from_slice(&plain)
+                .map_err(|e| KmsError::Internal(format!("{path} is unreadable: {e}")))?;
+            if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {
+                // Finish an erasure a crash may have interrupted (metadata is written first).
+                for v in 1..=meta.latest() {
+                    backend
+                        .delete(&material_path(&meta.id, v), Expect::Any)
+                        .await?;
+                }
+            }
+            let mut material = BTreeMap::new();
+            for v in usable_versions(&meta) {
+                let mpath = material_path(&meta.id, v);
+                let rec = backend.get(&mpath).await?.ok_or_else(|| {
+                    KmsError::Internal(format!(
+                        "key {} version {v}: material is missing",
+                        meta.name
+                    ))
+                })?;
+                material.insert(v, to_secret(&keyring.open(&mpath, &rec.value)?)?);
+            }
+            let cached = Arc::new(CachedKey {
+                pending_counts: counts_for(&meta),
+                meta,
+                record_version: rec.version,
+                material,
+            });
+            cache
+                .by_name
+                .insert(cached.meta.name.clone(), cached.clone());
+            cache.by_id.insert(cached.meta.id, cached);
+        }
+        let n = cache.by_id.len();
+        self.set_cache(Some(Arc::new(cache)));
+        Ok(n)
+    }
+
+    fn lookup(&self, name: &KeyName) -> Result<Arc<CachedKey>, KmsError> {
+        self.cache()?.by_name.get(name).cloned().ok_or_else(|| {
+            KmsError::NotFound(format!(
+                "key {name} does not exist: create it with `kms-cli key create {name}`"
+            ))
+        })
+    }
+
+    // ---- data plane -------------------------------------------------------------------
+
+    pub fn encrypt(
+        &self,
+        name: &KeyName,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        if plaintext.len() > self.settings.max_plaintext_bytes {
+            return Err(KmsError::invalid(format!(
+                "plaintext is {} bytes, the limit is {} bytes: encrypt larger data locally with a data key (`kms-cli envelope encrypt`)",
+                plaintext.len(),
+                self.settings.max_plaintext_bytes
+            )));
+        }
+        let key = self.lookup(name)?;
+        self.encrypt_with(&key, plaintext, context)
+    }
+
+    fn encrypt_with(
+        &self,
+        key: &CachedKey,
+        plaintext: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<Encrypted, KmsError> {
+        let version = key.meta.check_encrypt(Operation::Encrypt)?;
+        let material = key.material.get(&version).ok_or_else(|| {
+            KmsError::Internal(format!(
+                "key {} version {version}: no material in cache",
+                key.meta.name
+            ))
+        })?;
+        let ciphertext = ciphertext::seal(material, key.meta.id, version, context, plaintext)?;
+        if let Some(c) = key.pending_counts.get(version as usize - 1) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Encrypted {
+            ciphertext,
+            key: key.meta.name.clone(),
+            version,
+        })
+    }
+
+    pub fn decrypt(&self, ct: &[u8], context: &EncryptionContext) -> Result<Decrypted, KmsError> {
+        let header = ciphertext::parse_header(ct)?;
+        let key = self
+            .cache()?
+            .by_id
+            .get(&header.key_id)
+            .cloned()
+            .ok_or_else(|| {
+                KmsError::NotFound(format!(
+                    "the ciphertext names key id {} which this KMS does not hold (a ciphertext from another installation?)",
+                    header.key_id
+                ))
+            })?;
+        key.meta.check_decrypt(header.version)?;
+        let material = key.material.get(&header.version).ok_or_else(|| {
+            KmsError::Internal(format!(
+                "key {} version {}: no material in cache",
+                key.meta.name, header.version
+            ))
+        })?;
+        let plaintext = ciphertext::open(material, ct, context)?;
+        Ok(Decrypted {
+            plaintext,
+            key: key.meta.name.clone(),
+            version: header.version,
+        })
+    }
+
+    /// Decrypts and encrypts again under `dest` (or the same key's latest version); the
+    /// plaintext never leaves the server.
+    pub fn reencrypt(
+        &self,
+        ct: &[u8],
+        context: &EncryptionContext,
+        dest: Option<&KeyName>,
+        dest_context: &EncryptionContext,
+    ) -> Result<(Decrypted, Encrypted), KmsError> {
+        let mut d = self.decrypt(ct, context)?;
+        let target = dest.unwrap_or(&d.key);
+        let key = self.lookup(target)?;
+        let e = self.encrypt_with(&key, &d.plaintext, dest_context)?;
+        d.plaintext = Zeroizing::new(Vec::new());
+        Ok((d, e))
+    }
+
+    /// A fresh AES-256 data key, and the same key encrypted under `name`.
+    pub fn generate_data_key(
+        &self,
+        name: &KeyName,
+        context: &EncryptionContext,
+    ) -> Result<(Secret32, Encrypted), KmsError> {
+        let key = self.lookup(name)?;
+        let dk = Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?;
+        let e = self.encrypt_with(&key, dk.expose(), context)?;
+        Ok((dk, e))
+    }
+
+    // ---- administration -----------------------------------------------------------------
+
+    pub async fn create(
+        &self,
+        name: KeyName,
+        purpose: Purpose,
+        description: String,
+        labels: BTreeMap<String, String>,
+        rotation_period: Option<u64>,
+    ) -> Result<KeyMeta, KmsError> {
+        let _w = self.writer.lock().await;
+        let cache = self.cache()?;
+        if let Some(existing) = cache.by_name.get(&name) {
+            let why = if matches!(
+                existing.meta.state,
+                kms_core::key::KeyState::Destroyed { .. }
+            ) {
+                "was destroyed; names of destroyed keys are never reused"
+            } else {
+                "already exists"
+            };
+            return Err(KmsError::AlreadyExists(format!("key {name} {why}")));
+        }
+        let id = KeyId::random().map_err(|e| KmsError::Internal(e.to_string()))?;
+        let now = now_unix();
+        let meta = KeyMeta::new(name, id, purpose, now, description, labels, rotation_period)?;
+        let material = Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?;
+        let keyring = self.seal.keyring().await?;
+        self.write_material(&keyring, &id, 1, &material).await?;
+        let record_version = self.write_meta(&keyring, &meta, Expect::Absent).await?;
+        let mut mats = BTreeMap::new();
+        mats.insert(1, material);
+        self.install(
+            &cache,
+            CachedKey {
+                pending_counts: counts_for(&meta),
+                meta: meta.clone(),
+                record_version,
+                material: mats,
+            },
+        );
+        tracing::info!(key = %meta.name, id = %meta.id, "key created");
+        Ok(meta)
+    }
+
+    pub fn get(&self, name: &KeyName) -> Result<KeyMeta, KmsError> {
+        let key = self.lookup(name)?;
+        Ok(with_counts(&key))
+    }
+
+    /// Keys whose name starts with `prefix`, in name order, after `after` (exclusive).
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyMeta>, Option<String>), KmsError> {
+        let cache = self.cache()?;
+        let mut names: Vec<&KeyName> = cache
+            .by_name
+            .keys()
+            .filter(|n| n.as_str().starts_with(prefix))
+            .filter(|n| after.is_none_or(|a| n.as_str() > a))
+            .collect();
+        names.sort();
+        let more = names.len() > limit;
+        let page: Vec<KeyMeta> = names
+            .iter()
+            .take(limit)
+            .filter_map(|n| cache.by_name.get(*n))
+            .map(|k| with_counts(k))
+            .collect();
+        let next = if more {
+            page.last().map(|m| m.name.to_string())
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+
+    /// Applies `change` to a copy of the key's metadata, persists it (and new material, if
+    /// `new_version` says so), then installs it in the cache.
+    async fn update<F>(&self, name: &KeyName, change: F) -> Result<KeyMeta, KmsError>
+    where
+        F: FnOnce(&mut KeyMeta, u64) -> Result<(), KmsError>,
+    {
+        let _w = self.writer.lock().await;
+        let cache = self.cache()?;
+        let current = cache
+            .by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| KmsError::NotFound(format!("key {name} does not exist")))?;
+        self.apply(&cache, &current, change).await
+    }
+
+    async fn apply<F>(
+        &self,
+        cache: &Arc<Cache>,
+        current: &CachedKey,
+        change: F,
+    ) -> Result<KeyMeta, KmsError>
+    where
+        F: FnOnce(&mut KeyMeta, u64) -> Result<(), KmsError>,
+    {
+        let now = now_unix();
+        let mut meta = with_counts(current);
+        let before_latest = meta.latest();
+        change(&mut meta, now)?;
+        let keyring = self.seal.keyring().await?;
+        let mut material = current.material.clone();
+        if meta.latest() > before_latest {
+            let v = meta.latest();
+            let m = Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?;
+            self.write_material(&keyring, &meta.id, v, &m).await?;
+            material.insert(v, m);
+        }
+        let record_version = self
+            .write_meta(&keyring, &meta, Expect::Version(current.record_version))
+            .await?;
+        // Keep material only for versions that can still be used; destroyed ones are erased.
+        let usable: Vec<u32> = usable_versions(&meta).collect();
+        material.retain(|v, _| usable.contains(v));
+        if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {
+            for v in 1..=meta.latest() {
+                self.seal
+                    .backend()
+                    .delete(&material_path(&meta.id, v), Expect::Any)
+                    .await?;
+            }
+        }
+        self.install(
+            cache,
+            CachedKey {
+                pending_counts: counts_for(&meta),
+                meta: meta.clone(),
+                record_version,
+                material,
+            },
+        );
+        Ok(meta)
+    }
+
+    pub async fn rotate(&self, name: &KeyName) -> Result<KeyMeta, KmsError> {
+        let meta = self
+            .update(name, |m, now| m.rotate(now).map(|_| ()).map_err(Into::into))
+            .await?;
+        tracing::info!(key = %name, version = meta.latest(), "key rotated");
+        Ok(meta)
+    }
+
+    pub async fn update_config(
+        &self,
+        name: &KeyName,
+        rotation_period: Option<Option<u64>>,
+        min_decryption_version: Option<u32>,
+        description: Option<String>,
+        labels: Option<(BTreeMap<String, String>, bool)>,
+    ) -> Result<KeyMeta, KmsError> {
+        self.update(name, |m, now| {
+            if let Some(p) = rotation_period {
+                m.set_rotation_period(p, now)?;
+            }
+            if let Some(v) = min_decryption_version {
+                m.set_min_decryption_version(v, now)?;
+            }
+            if let Some(d) = description {
+                m.set_description(d, now)?;
+            }
+            if let Some((l, replace)) = labels {
+                m.set_labels(l, replace, now)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn disable(&self, name: &KeyName) -> Result<KeyMeta, KmsError> {
+        self.update(name, |m, now| m.disable(now).map_err(Into::into))
+            .await
+    }
+
+    pub async fn enable(&self, name: &KeyName) -> Result<KeyMeta, KmsError> {
+        self.update(name, |m, now| m.enable(now).map_err(Into::into))
+            .await
+    }
+
+    pub async fn revoke(
+        &self,
+        name: &KeyName,
+        version: u32,
+        reason: RevocationReason,
+    ) -> Result<KeyMeta, KmsError> {
+        let meta = self
+            .update(name, |m, now| {
+                m.revoke(version, reason, now).map_err(Into::into)
+            })
+            .await?;
+        tracing::warn!(key = %name, version, %reason, "key version revoked");
+        Ok(meta)
+    }
+
+    pub async fn schedule_deletion(
+        &self,
+        name: &KeyName,
+        waiting_days: Option<u32>,
+    ) -> Result<KeyMeta, KmsError> {
+        let min = self.settings.min_deletion_waiting_days;
+        self.update(name, |m, now| {
+            m.schedule_deletion(now, waiting_days, min)
+                .map(|_| ())
+                .map_err(Into::into)
+        })
+        .await
+    }
+
+    pub async fn cancel_deletion(&self, name: &KeyName) -> Result<KeyMeta, KmsError> {
+        self.update(name, |m, now| m.cancel_deletion(now).map_err(Into::into))
+            .await
+    }
+
+    /// Runs every rotation and destruction due at `now`. Returns how many keys changed.
+    /// Taking `now` lets tests inject time.
+    pub async fn run_scheduled(&self, now: u64) -> Result<usize, KmsError> {
+        let cache = self.cache()?;
+        let due: Vec<(KeyName, ScheduledAction)> = cache
+            .by_name
+            .values()
+            .filter_map(|k| {
+                kms_core::key::due_action(&k.meta, now).map(|a| (k.meta.name.clone(), a))
+            })
+            .collect();
+        let mut done = 0;
+        for (name, action) in due {
+            let r = match action {
+                ScheduledAction::Rotate => {
+                    self.update(&name, |m, t| {
+                        m.rotate(t.max(now)).map(|_| ()).map_err(Into::into)
+                    })
+                    .await
+                }
+                ScheduledAction::Destroy => {
+                    self.update(&name, |m, t| m.destroy(t.max(now)).map_err(Into::into))
+                        .await
+                }
+            };
+            match r {
+                Ok(_) => {
+                    done += 1;
+                    tracing::warn!(key = %name, ?action, "scheduled action done");
+                }
+                // Another change got there first (e.g. the deletion was cancelled): skip.
+                Err(e) => {
+                    tracing::info!(key = %name, ?action, error = %e, "scheduled action skipped")
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    fn install(&self, cache: &Arc<Cache>, key: CachedKey) {
+        // Copy-on-write: readers keep the snapshot they hold; writers are serialised.
+        let key = Arc::new(key);
+        let mut next = Cache {
+            by_name: cache.by_name.clone(),
+            by_id: cache.by_id.clone(),
+        };
+        next.by_name.insert(key.meta.name.clone(), key.clone());
+        next.by_id.insert(key.meta.id, key);
+        let mut guard = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        // Only install over the snapshot we started from; if the cache was cleared (sealed)
+        // meanwhile, stay sealed.
+        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, cache)) {
+            *guard = Some(Arc::new(next));
+        }
+    }
+
+    async fn write_material(
+        &self,
+        keyring: &Keyring,
+        id: &KeyId,
+        version: u32,
+        material: &Secret32,
+    ) -> Result<(), KmsError> {
+        let path = material_path(id, version);
+        let sealed = keyring.seal(&path, material.expose())?;
+        self.seal
+            .backend()
+            .put(&path, sealed, Expect::Absent)
+            .await?;
+        Ok(())
+    }
+
+    async fn write_meta(
+        &self,
+        keyring: &Keyring,
+        meta: &KeyMeta,
+        expect: Expect,
+    ) -> Result<u64, KmsError> {
+        let path = meta_path(&meta.id);
+        let json = serde_json::to_vec(meta).map_err(|e| KmsError::Internal(e.to_string()))?;
+        let sealed = keyring.seal(&path, &json)?;
+        Ok(self.seal.backend().put(&path, sealed, expect).await?)
+    }
+}
+
+/// Versions whose material must be kept: all but destroyed ones (revoked versions keep their
+/// material: revocation is about use, and a later un-revoke is not offered, but erasure is
+/// destruction's job).
+fn usable_versions(meta: &KeyMeta) -> impl Iterator<Item = u32> + '_ {
+    meta.versions
+        .iter()
+        .filter(|v| !matches!(v.state, kms_core::key::VersionState::Destroyed { .. }))
+        .map(|v| v.version)
+}
+
+fn counts_for(meta: &KeyMeta) -> Vec<AtomicU64> {
+    meta.versions.iter().map(|_| AtomicU64::new(0)).collect()
+}
+
+/// The metadata with the in-memory encryption counts added.
+fn with_counts(key: &CachedKey) -> KeyMeta {
+    let mut meta = key.meta.clone();
+    for (i, c) in key.pending_counts.iter().enumerate() {
+        meta.record_encryptions(i as u32 + 1, c.load(Ordering::Relaxed));
+    }
+    meta
+}
+
+fn to_secret(bytes: &[u8]) -> Result<Secret32, KmsError> {
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| KmsError::Internal("stored key material has the wrong length".into()))?;
+    Ok(Secret32::from_bytes(arr))
+}
