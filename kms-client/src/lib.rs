@@ -1,5 +1,8 @@
 //! Rust client for the KMS: an mTLS connection and typed calls.
 //!
+//! [`envelope`]: local streaming encryption of files under a KMS data key (format in
+//! `docs/envelope-format.md`).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), kms_client::ClientError> {
 //! let client = kms_client::Client::connect(&kms_client::ConnectOptions::from_env()?).await?;
@@ -10,10 +13,15 @@
 
 #![forbid(unsafe_code)]
 
+pub mod envelope;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use kms_proto::v1 as proto;
+use kms_proto::v1::crypto_client::CryptoClient;
+use kms_proto::v1::key_admin_client::KeyAdminClient;
 use kms_proto::v1::operator_client::OperatorClient;
 use kms_proto::v1::{
     InitRequest, InitResponse, RekeyRequest, RekeyResponse, RotateBarrierRequest,
@@ -164,6 +172,68 @@ impl Client {
         }
     }
 
+    /// The generated `KeyAdmin` client; pair it with [`Client::call`] for error mapping.
+    pub fn key_admin(&self) -> KeyAdminClient<Channel> {
+        KeyAdminClient::new(self.channel.clone())
+    }
+
+    /// The generated `Crypto` client; pair it with [`Client::call`] for error mapping.
+    pub fn crypto(&self) -> CryptoClient<Channel> {
+        CryptoClient::new(self.channel.clone())
+    }
+
+    /// Awaits a generated-client call and maps its error like every typed call here.
+    pub async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        fut.await
+            .map(tonic::Response::into_inner)
+            .map_err(|e| self.rpc_error(e))
+    }
+
+    /// Encrypts up to the server's plaintext limit (64 KiB by default) under `key`.
+    pub async fn encrypt(
+        &self,
+        key: &str,
+        plaintext: Vec<u8>,
+        context: HashMap<String, String>,
+    ) -> Result<proto::EncryptResponse, ClientError> {
+        let req = proto::EncryptRequest {
+            key: key.to_string(),
+            plaintext,
+            context,
+        };
+        self.call(self.crypto().encrypt(req)).await
+    }
+
+    /// Decrypts a ciphertext; the ciphertext names its key and version.
+    pub async fn decrypt(
+        &self,
+        ciphertext: Vec<u8>,
+        context: HashMap<String, String>,
+    ) -> Result<proto::DecryptResponse, ClientError> {
+        let req = proto::DecryptRequest {
+            ciphertext,
+            context,
+        };
+        self.call(self.crypto().decrypt(req)).await
+    }
+
+    /// A fresh AES-256 data key: plaintext and wrapped under `key`.
+    pub async fn generate_data_key(
+        &self,
+        key: &str,
+        context: HashMap<String, String>,
+    ) -> Result<proto::GenerateDataKeyResponse, ClientError> {
+        let req = proto::GenerateDataKeyRequest {
+            key: key.to_string(),
+            context,
+            without_plaintext: false,
+        };
+        self.call(self.crypto().generate_data_key(req)).await
+    }
+
     fn operator(&self) -> OperatorClient<Channel> {
         OperatorClient::new(self.channel.clone())
     }
@@ -261,4 +331,130 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Why an envelope file operation failed: the KMS refused (data key), or the local file or
+/// its format did.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeFileError {
+    #[error(transparent)]
+    Kms(#[from] ClientError),
+    #[error("{0}")]
+    Envelope(#[from] envelope::EnvelopeError),
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnvelopeFileError + '_ {
+    move |source| EnvelopeFileError::File {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A temporary file beside `output`, renamed over it only on success, so a failure never
+/// leaves a partial or unauthenticated output behind.
+fn temp_beside(output: &Path) -> Result<tempfile::NamedTempFile, EnvelopeFileError> {
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    tempfile::NamedTempFile::new_in(dir).map_err(file_err(output))
+}
+
+fn data_key(bytes: &[u8]) -> Result<zeroize::Zeroizing<[u8; 32]>, EnvelopeFileError> {
+    let arr: [u8; 32] = bytes.try_into().map_err(|_| {
+        EnvelopeFileError::Envelope(envelope::EnvelopeError::Header(
+            "the wrapped data key did not decrypt to 32 bytes",
+        ))
+    })?;
+    Ok(zeroize::Zeroizing::new(arr))
+}
+
+impl Client {
+    /// Encrypts the file `input` into `output` with a fresh data key from `key` (one
+    /// GenerateDataKey call; the file never leaves this machine). Streams, so files larger
+    /// than memory work. `progress` gets the plaintext bytes done. Returns the plaintext size.
+    pub async fn envelope_encrypt_file(
+        &self,
+        key: &str,
+        context: HashMap<String, String>,
+        input: &Path,
+        output: &Path,
+        mut progress: impl FnMut(u64) + Send + 'static,
+    ) -> Result<u64, EnvelopeFileError> {
+        let reader = std::fs::File::open(input).map_err(file_err(input))?;
+        let tmp = temp_beside(output)?;
+        let dk = self.generate_data_key(key, context).await?;
+        let plain = data_key(&dk.plaintext)?;
+        drop(dk.plaintext);
+        let wrapped = dk.ciphertext;
+        let output_owned = output.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+            let n = envelope::encrypt(
+                std::io::BufReader::with_capacity(1 << 20, reader),
+                &mut out,
+                &plain,
+                &wrapped,
+                envelope::DEFAULT_CHUNK,
+                &mut progress,
+            )?;
+            let tmp = out
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .map_err(file_err(&output_owned))?;
+            tmp.as_file().sync_all().map_err(file_err(&output_owned))?;
+            tmp.persist(&output_owned)
+                .map_err(|e| e.error)
+                .map_err(file_err(&output_owned))?;
+            Ok(n)
+        })
+        .await
+        .map_err(|e| EnvelopeFileError::File {
+            path: output.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+    }
+
+    /// Decrypts an envelope file: unwraps its data key with one Decrypt call (the KMS checks
+    /// the key's state and the context), then streams and authenticates every chunk. The
+    /// output appears only if the whole file authenticated. Returns the plaintext size.
+    pub async fn envelope_decrypt_file(
+        &self,
+        context: HashMap<String, String>,
+        input: &Path,
+        output: &Path,
+        mut progress: impl FnMut(u64) + Send + 'static,
+    ) -> Result<u64, EnvelopeFileError> {
+        let file = std::fs::File::open(input).map_err(file_err(input))?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+        let header = envelope::Header::read(&mut reader)?;
+        let tmp = temp_beside(output)?;
+        let dk = self.decrypt(header.wrapped_key.clone(), context).await?;
+        let plain = data_key(&dk.plaintext)?;
+        drop(zeroize::Zeroizing::new(dk.plaintext));
+        let output_owned = output.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+            let n = envelope::decrypt(&header, reader, &mut out, &plain, &mut progress)?;
+            let tmp = out
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .map_err(file_err(&output_owned))?;
+            tmp.as_file().sync_all().map_err(file_err(&output_owned))?;
+            tmp.persist(&output_owned)
+                .map_err(|e| e.error)
+                .map_err(file_err(&output_owned))?;
+            Ok(n)
+        })
+        .await
+        .map_err(|e| EnvelopeFileError::File {
+            path: output.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+    }
 }
