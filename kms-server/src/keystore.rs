@@ -174,15 +174,8 @@ impl Keystore {
                 }
             }
             let mut material = BTreeMap::new();
-            for v in usable_versions(&meta) {
-                let mpath = material_path(&meta.id, v);
-                let rec = backend.get(&mpath).await?.ok_or_else(|| {
-                    KmsError::Internal(format!(
-                        "key {} version {v}: material is missing",
-                        meta.name
-                    ))
-                })?;
-                material.insert(v, to_secret(&keyring.open(&mpath, &rec.value)?)?);
+            for v in cached_versions(&meta) {
+                material.insert(v, self.read_material(&keyring, &meta, v).await?);
             }
             let cached = Arc::new(CachedKey {
                 pending_counts: counts_for(&meta),
@@ -428,9 +421,13 @@ impl Keystore {
         let record_version = self
             .write_meta(&keyring, &meta, Expect::Version(current.record_version))
             .await?;
-        // Keep material only for versions that can still be used; destroyed ones are erased.
-        let usable: Vec<u32> = usable_versions(&meta).collect();
-        material.retain(|v, _| usable.contains(v));
+        let wanted = cached_versions(&meta);
+        material.retain(|v, _| wanted.contains(v));
+        for v in wanted {
+            if !material.contains_key(&v) {
+                material.insert(v, self.read_material(&keyring, &meta, v).await?);
+            }
+        }
         if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {
             for v in 1..=meta.latest() {
                 self.seal
@@ -585,6 +582,22 @@ impl Keystore {
         }
     }
 
+    async fn read_material(
+        &self,
+        keyring: &Keyring,
+        meta: &KeyMeta,
+        version: u32,
+    ) -> Result<Secret32, KmsError> {
+        let path = material_path(&meta.id, version);
+        let rec = self.seal.backend().get(&path).await?.ok_or_else(|| {
+            KmsError::Internal(format!(
+                "key {} version {version}: material is missing from storage",
+                meta.name
+            ))
+        })?;
+        to_secret(&keyring.open(&path, &rec.value)?)
+    }
+
     async fn write_material(
         &self,
         keyring: &Keyring,
@@ -614,14 +627,18 @@ impl Keystore {
     }
 }
 
-/// Versions whose material must be kept: all but destroyed ones (revoked versions keep their
-/// material: revocation is about use, and a later un-revoke is not offered, but erasure is
-/// destruction's job).
-fn usable_versions(meta: &KeyMeta) -> impl Iterator<Item = u32> + '_ {
+/// Versions whose material the cache holds: those of an enabled key that are not destroyed.
+/// A disabled key or one pending deletion keeps its material only in storage (sealed), so
+/// disabling a key also wipes it from memory; enabling reads it back.
+fn cached_versions(meta: &KeyMeta) -> Vec<u32> {
+    if !matches!(meta.state, kms_core::key::KeyState::Enabled) {
+        return Vec::new();
+    }
     meta.versions
         .iter()
         .filter(|v| !matches!(v.state, kms_core::key::VersionState::Destroyed { .. }))
         .map(|v| v.version)
+        .collect()
 }
 
 fn counts_for(meta: &KeyMeta) -> Vec<AtomicU64> {
