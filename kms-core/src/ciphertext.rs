@@ -196,7 +196,9 @@ impl EncryptionContext {
 /// Untrusted until [`open`] succeeds (the header is authenticated as AAD).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// The key that sealed the ciphertext.
     pub key_id: KeyId,
+    /// The key version whose material sealed it; always ≥ 1.
     pub version: u32,
 }
 
@@ -767,7 +769,9 @@ mod tests {
     /// independently of the module's code paths — HKDF written out from HMAC-SHA256 as in
     /// RFC 5869, the header and the context's canonical bytes written out by hand, AES-256-GCM
     /// called on the raw derived key. (The RustCrypto `aes-gcm` crate is not in the lock file,
-    /// so ring's AES-GCM is the only one used; the KDF and the framing are what this checks.)
+    /// so ring's AES-GCM is the only one used here; the KDF and the framing are what this
+    /// checks. The vectors were also checked against Python's `cryptography`/OpenSSL: the
+    /// script is in docs/ciphertext-format.md.)
     #[test]
     fn vectors_recomputed_step_by_step() {
         use ring::hmac;
