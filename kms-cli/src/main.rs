@@ -1,17 +1,28 @@
-//! `kms-cli`: the operator (and later admin and user) command line.
+//! `kms-cli`: the command line for operators, key administrators and users of the KMS.
 //!
 //! Exit codes: 0 success; 1 the server refused the request; 2 bad usage or bad local input
-//! (including a mistyped share); 3 cannot connect (address, certificates, TLS).
+//! (including a mistyped share or a non-base64 ciphertext: nothing was sent); 3 cannot connect
+//! (address, certificates, TLS).
+//!
+//! Modules, one per command group: `operator` (seal, unseal, rekey), `keys` (key
+//! administration), `crypto` (encrypt, decrypt, re-encrypt, data keys, random), `envelope`
+//! (files of any size under a data key); `args` parses command-line values into typed ones,
+//! `output` holds the tables, JSON and file-writing helpers they share.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use kms_client::proto::StatusResponse;
+use clap::{Args, Parser, Subcommand};
 use kms_client::{Client, ClientError, ConnectOptions};
-use serde_json::json;
-use zeroize::Zeroizing;
+
+mod args;
+mod crypto;
+mod envelope;
+mod keys;
+mod operator;
+mod output;
+
+use output::Format;
 
 #[derive(Parser)]
 #[command(
@@ -19,20 +30,35 @@ use zeroize::Zeroizing;
     about = "Command-line client for the KMS",
     after_help = "Connection settings come from flags or from KMS_ADDR, KMS_CA_CERT, KMS_CLIENT_CERT,\n\
                   KMS_CLIENT_KEY (`kms-server dev` writes them to DATA_DIR/env).\n\n\
-                  Example:\n  . .kms-dev/env && kms-cli operator status"
+                  Examples:\n  \
+                  . .kms-dev/env && kms-cli operator status\n  \
+                  kms-cli key create payments --rotation-period 90d\n  \
+                  echo -n secret | kms-cli encrypt --key payments > secret.b64\n  \
+                  kms-cli decrypt --in secret.b64\n  \
+                  kms-cli envelope encrypt --key payments --in backup.tar --out backup.tar.kms\n\n\
+                  Exit codes: 0 success, 1 the server refused, 2 bad usage or local input \
+                  (nothing sent), 3 cannot connect."
 )]
 struct Cli {
     #[command(flatten)]
     conn: Conn,
-    /// Output format.
-    #[arg(long, global = true, value_enum, default_value = "human")]
+    /// Output format: tables and sentences, or one JSON object.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        help_heading = "Global options"
+    )]
     format: Format,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where the server is and which certificates to present.
 #[derive(Args)]
-struct Conn {
+#[command(next_help_heading = "Connection (flags or environment)")]
+pub(crate) struct Conn {
     /// Server address, e.g. https://127.0.0.1:8200.
     #[arg(long, global = true, env = "KMS_ADDR", value_name = "URL")]
     addr: Option<String>,
@@ -50,97 +76,57 @@ struct Conn {
     server_name: Option<String>,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum Format {
-    Human,
-    Json,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Seal operations: init, unseal, seal, status, rekey, rotate-barrier.
     #[command(subcommand)]
-    Operator(Operator),
-}
-
-#[derive(Subcommand)]
-enum Operator {
-    /// Initialise a new KMS and print (or encrypt to officers) the unseal shares.
-    #[command(
-        after_help = "Examples:\n  kms-cli operator init --shares 5 --threshold 3\n  \
-        kms-cli operator init --shares 2 --threshold 2 --officer-key age1… --officer-key age1… --out-dir shares/"
-    )]
-    Init {
-        /// Number of shares (n), one per officer; 1..=32.
-        #[arg(long, value_name = "N")]
-        shares: u32,
-        /// Shares needed to unseal (t); at least 2 unless n = 1.
-        #[arg(long, value_name = "T")]
-        threshold: u32,
-        /// An officer's age X25519 recipient (age1…), given n times: share i is encrypted to the
-        /// i-th key and written to OUT_DIR/share-i.age; no share is printed.
-        #[arg(long, value_name = "AGE_RECIPIENT")]
-        officer_key: Vec<String>,
-        /// Where encrypted shares go (with --officer-key).
-        #[arg(long, value_name = "DIR", default_value = ".")]
-        out_dir: PathBuf,
-    },
-    /// Submit one unseal share (prompted without echo when not given), or reset progress.
-    #[command(
-        after_help = "Examples:\n  kms-cli operator unseal              # prompts, no echo\n  \
-        kms-cli operator unseal --share-file share-2.age --identity officer2.key\n  \
-        kms-cli operator unseal --reset"
-    )]
-    Unseal {
-        /// The share text (kms1-…). Prefer the prompt: arguments end up in shell history.
-        #[arg(value_name = "SHARE", conflicts_with_all = ["reset", "share_file"])]
-        share: Option<String>,
-        /// Read the share from a file (age-encrypted if --identity is given).
-        #[arg(long, value_name = "FILE", conflicts_with = "reset")]
-        share_file: Option<PathBuf>,
-        /// age identity file used to decrypt --share-file.
-        #[arg(long, value_name = "FILE", requires = "share_file")]
-        identity: Option<PathBuf>,
-        /// Discard the shares submitted so far.
-        #[arg(long)]
-        reset: bool,
-    },
-    /// Seal now: the server erases every secret it holds in memory.
-    #[command(after_help = "Example:\n  kms-cli operator seal")]
-    Seal,
-    /// Show whether the KMS is initialised and sealed, and unseal progress.
-    #[command(after_help = "Example:\n  kms-cli operator status --format json")]
-    Status,
-    /// Replace the shares (new n and t). Prompts for t current shares.
-    #[command(after_help = "Example:\n  kms-cli operator rekey --shares 3 --threshold 2")]
-    Rekey {
-        /// New number of shares.
-        #[arg(long, value_name = "N")]
-        shares: u32,
-        /// New threshold.
-        #[arg(long, value_name = "T")]
-        threshold: u32,
-        /// A current share, instead of the prompt (repeat t times).
-        #[arg(long = "current-share", value_name = "SHARE")]
-        current: Vec<String>,
-    },
-    /// Add a new barrier-key term; records under older terms stay readable.
-    #[command(after_help = "Example:\n  kms-cli operator rotate-barrier")]
-    RotateBarrier,
+    Operator(operator::Operator),
+    /// Key administration: create, list, show, rotate, disable, revoke, delete.
+    #[command(subcommand)]
+    Key(keys::Key),
+    #[command(flatten)]
+    Crypto(crypto::Crypto),
+    /// Encrypt or decrypt files of any size under a fresh data key (envelope encryption).
+    #[command(subcommand)]
+    Envelope(envelope::Envelope),
 }
 
 /// A CLI failure: a one-line message with what to do next, and an exit code.
-struct Failure {
+///
+/// The one error type of this binary: every command returns it, and `main` prints it as
+/// `kms-cli: MESSAGE` and exits with `code`. Messages never hold secrets, so `Debug` is safe.
+#[derive(Debug)]
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
 
 impl Failure {
-    fn usage(message: impl Into<String>) -> Self {
+    /// Bad usage or bad local input, found before anything was sent: exit code 2.
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
         Self {
             code: 2,
             message: message.into(),
         }
+    }
+
+    /// The server answered, but not with what this command needs: exit code 1.
+    pub(crate) fn server(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    /// Appends a hint (what to do next) to the message, keeping the exit code.
+    pub(crate) fn hint(mut self, hint: &str) -> Self {
+        self.message.push_str(hint);
+        self
+    }
+
+    /// Whether the server refused the request (exit code 1).
+    pub(crate) fn is_refusal(&self) -> bool {
+        self.code == 1
     }
 }
 
@@ -184,6 +170,25 @@ fn main() -> ExitCode {
     }
 }
 
+async fn run(cli: Cli) -> Result<(), Failure> {
+    // Each command checks its local input (files, shares, base64) before it calls `connect`,
+    // so a typo costs no round trip and nothing is sent.
+    match cli.command {
+        Command::Operator(op) => operator::run(op, &cli.conn, cli.format).await,
+        Command::Key(cmd) => keys::run(cmd, &cli.conn, cli.format).await,
+        Command::Crypto(cmd) => crypto::run(cmd, &cli.conn, cli.format).await,
+        Command::Envelope(cmd) => envelope::run(cmd, &cli.conn, cli.format).await,
+    }
+}
+
+/// Connects with the settings from flags or the environment.
+///
+/// Returns: `usage` (2) if a setting is missing or a certificate file unreadable, the
+/// connect failure (3) if no TLS connection to the server could be made.
+pub(crate) async fn connect(conn: &Conn) -> Result<Client, Failure> {
+    Ok(Client::connect(&options(conn)?).await?)
+}
+
 fn options(conn: &Conn) -> Result<ConnectOptions, Failure> {
     let need = |v: bool, flag: &str, env: &str| -> Result<(), Failure> {
         if !v {
@@ -208,315 +213,4 @@ fn options(conn: &Conn) -> Result<ConnectOptions, Failure> {
         client_key: conn.client_key.clone().unwrap_or_default(),
         server_name: conn.server_name.clone(),
     })
-}
-
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let Command::Operator(op) = cli.command;
-    // Check local input before connecting, so a typo costs no round trip.
-    let local_share = match &op {
-        Operator::Unseal {
-            share,
-            share_file,
-            identity,
-            reset: false,
-        } => Some(read_share(
-            share.as_deref(),
-            share_file.as_ref(),
-            identity.as_ref(),
-        )?),
-        _ => None,
-    };
-    let recipients = match &op {
-        Operator::Init {
-            shares,
-            officer_key,
-            ..
-        } => officer_recipients(officer_key, *shares)?,
-        _ => None,
-    };
-    let client = Client::connect(&options(&cli.conn)?).await?;
-    let fmt = cli.format;
-    match op {
-        Operator::Status => print_status(fmt, &client.status().await?),
-        Operator::Init {
-            shares,
-            threshold,
-            officer_key: _,
-            out_dir,
-        } => {
-            let resp = client.init(shares, threshold).await?;
-            let shares_text: Vec<Zeroizing<String>> =
-                resp.shares.into_iter().map(Zeroizing::new).collect();
-            output_shares(
-                fmt,
-                &shares_text,
-                resp.threshold,
-                &resp.share_set_id,
-                recipients,
-                &out_dir,
-                "initialised",
-            )?;
-        }
-        Operator::Unseal { reset: true, .. } => print_status(fmt, &client.unseal_reset().await?),
-        Operator::Unseal { .. } => {
-            let share = local_share.ok_or_else(|| Failure::usage("no share given"))?;
-            print_status(fmt, &client.unseal(&share).await?);
-        }
-        Operator::Seal => print_status(fmt, &client.seal().await?),
-        Operator::Rekey {
-            shares,
-            threshold,
-            current,
-        } => {
-            let mut current: Vec<Zeroizing<String>> =
-                current.into_iter().map(Zeroizing::new).collect();
-            for s in &current {
-                check_share_text(s)?;
-            }
-            if current.is_empty() {
-                let t = client.status().await?.threshold;
-                for i in 1..=t {
-                    current.push(prompt_share(&format!("current share {i} of {t}: "))?);
-                }
-            }
-            let resp = client
-                .rekey(
-                    current.iter().map(|s| s.to_string()).collect(),
-                    shares,
-                    threshold,
-                )
-                .await?;
-            let shares_text: Vec<Zeroizing<String>> =
-                resp.shares.into_iter().map(Zeroizing::new).collect();
-            output_shares(
-                fmt,
-                &shares_text,
-                resp.threshold,
-                &resp.share_set_id,
-                None,
-                &PathBuf::from("."),
-                "rekeyed",
-            )?;
-        }
-        Operator::RotateBarrier => {
-            let r = client.rotate_barrier().await?;
-            match fmt {
-                Format::Json => println!("{}", json!({"term": r.term, "terms": r.terms})),
-                Format::Human => println!(
-                    "barrier key rotated: active term {} ({} terms)",
-                    r.term, r.terms
-                ),
-            }
-        }
-    }
-    Ok(())
-}
-
-fn officer_recipients(
-    keys: &[String],
-    n: u32,
-) -> Result<Option<Vec<age::x25519::Recipient>>, Failure> {
-    if keys.is_empty() {
-        return Ok(None);
-    }
-    if keys.len() != n as usize {
-        return Err(Failure::usage(format!(
-            "--officer-key given {} times but --shares is {n}: give one key per share",
-            keys.len()
-        )));
-    }
-    keys.iter()
-        .enumerate()
-        .map(|(i, k)| {
-            k.parse::<age::x25519::Recipient>().map_err(|e| {
-                Failure::usage(format!(
-                    "--officer-key #{} is not an age X25519 recipient (age1…): {e}",
-                    i + 1
-                ))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
-}
-
-fn output_shares(
-    fmt: Format,
-    shares: &[Zeroizing<String>],
-    threshold: u32,
-    set_id: &str,
-    recipients: Option<Vec<age::x25519::Recipient>>,
-    out_dir: &std::path::Path,
-    what: &str,
-) -> Result<(), Failure> {
-    if let Some(recipients) = recipients {
-        std::fs::create_dir_all(out_dir)
-            .map_err(|e| Failure::usage(format!("cannot create {}: {e}", out_dir.display())))?;
-        let mut files = Vec::new();
-        for (i, (share, r)) in shares.iter().zip(&recipients).enumerate() {
-            let ct = age::encrypt(r, share.as_bytes())
-                .map_err(|e| Failure::usage(format!("cannot encrypt share {}: {e}", i + 1)))?;
-            let path = out_dir.join(format!("share-{}.age", i + 1));
-            std::fs::write(&path, ct)
-                .map_err(|e| Failure::usage(format!("cannot write {}: {e} (the shares are lost: the KMS must be re-initialised from an empty data directory)", path.display())))?;
-            files.push(path.display().to_string());
-        }
-        match fmt {
-            Format::Json => println!(
-                "{}",
-                json!({"share_files": files, "threshold": threshold, "share_set_id": set_id})
-            ),
-            Format::Human => {
-                println!(
-                    "kms {what}: share set {set_id}, {threshold} of {} shares needed to unseal",
-                    shares.len()
-                );
-                for f in files {
-                    println!("  {f}");
-                }
-                println!(
-                    "Give each officer their file; they unseal with --share-file FILE --identity KEY."
-                );
-            }
-        }
-        return Ok(());
-    }
-    match fmt {
-        Format::Json => {
-            let list: Vec<&str> = shares.iter().map(|s| s.as_str()).collect();
-            println!(
-                "{}",
-                json!({"shares": list, "threshold": threshold, "share_set_id": set_id})
-            );
-        }
-        Format::Human => {
-            println!(
-                "kms {what}: share set {set_id}, {threshold} of {} shares needed to unseal.",
-                shares.len()
-            );
-            println!("Give one share to each officer. They are shown once and stored nowhere.");
-            for (i, s) in shares.iter().enumerate() {
-                println!("share {}: {}", i + 1, s.as_str());
-            }
-        }
-    }
-    Ok(())
-}
-
-fn print_status(fmt: Format, s: &StatusResponse) {
-    match fmt {
-        Format::Json => println!(
-            "{}",
-            json!({
-                "initialized": s.initialized,
-                "sealed": s.sealed,
-                "threshold": s.threshold,
-                "shares": s.shares,
-                "progress": s.progress,
-                "submitted_indexes": s.submitted_indexes,
-                "share_set_id": s.share_set_id,
-                "barrier_term": s.barrier_term,
-                "barrier_terms": s.barrier_terms,
-                "version": s.version,
-                "storage": s.storage,
-            })
-        ),
-        Format::Human => {
-            if !s.initialized {
-                println!("not initialised: run `kms-cli operator init --shares N --threshold T`");
-                return;
-            }
-            println!("sealed:    {}", s.sealed);
-            println!("threshold: {} of {} shares", s.threshold, s.shares);
-            if s.sealed {
-                println!(
-                    "progress:  {} of {} (submitted: {:?})",
-                    s.progress, s.threshold, s.submitted_indexes
-                );
-            } else {
-                println!(
-                    "barrier:   term {} ({} terms)",
-                    s.barrier_term, s.barrier_terms
-                );
-            }
-            println!("share set: {}", s.share_set_id);
-            println!("server:    {} ({})", s.version, s.storage);
-        }
-    }
-}
-
-/// Parses a share locally: a typo is caught by its checksum before anything is sent.
-fn check_share_text(text: &str) -> Result<(), Failure> {
-    text.trim()
-        .parse::<kms_core::shares::Share>()
-        .map(|_| ())
-        .map_err(|e| Failure::usage(format!("{e}; nothing was sent")))
-}
-
-fn read_share(
-    arg: Option<&str>,
-    file: Option<&PathBuf>,
-    identity: Option<&PathBuf>,
-) -> Result<Zeroizing<String>, Failure> {
-    let text = match (arg, file) {
-        (Some(s), _) => Zeroizing::new(s.trim().to_string()),
-        (None, Some(path)) => {
-            let bytes = Zeroizing::new(
-                std::fs::read(path)
-                    .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?,
-            );
-            let plain = match identity {
-                Some(id) => decrypt_share(&bytes, id)?,
-                None => bytes,
-            };
-            Zeroizing::new(String::from_utf8_lossy(&plain).trim().to_string())
-        }
-        (None, None) => prompt_share("unseal share (input hidden): ")?,
-    };
-    check_share_text(&text)?;
-    Ok(text)
-}
-
-fn decrypt_share(ct: &[u8], identity: &PathBuf) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    let id_text = Zeroizing::new(std::fs::read_to_string(identity).map_err(|e| {
-        Failure::usage(format!("cannot read identity {}: {e}", identity.display()))
-    })?);
-    let id = id_text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-        .ok_or_else(|| {
-            Failure::usage(format!(
-                "{} holds no AGE-SECRET-KEY line",
-                identity.display()
-            ))
-        })?
-        .parse::<age::x25519::Identity>()
-        .map_err(|e| Failure::usage(format!("bad age identity in {}: {e}", identity.display())))?;
-    age::decrypt(&id, ct).map(Zeroizing::new).map_err(|e| {
-        Failure::usage(format!(
-            "cannot decrypt the share file with this identity: {e}"
-        ))
-    })
-}
-
-fn prompt_share(prompt: &str) -> Result<Zeroizing<String>, Failure> {
-    let text = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(prompt)
-            .map_err(|e| Failure::usage(format!("cannot read the share: {e}")))?
-    } else {
-        // Scripts pipe the share in; still never echo it.
-        let _ = std::io::stderr().write_all(prompt.as_bytes());
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| Failure::usage(format!("cannot read the share: {e}")))?;
-        line
-    };
-    let text = Zeroizing::new(text.trim().to_string());
-    if text.is_empty() {
-        return Err(Failure::usage("no share entered"));
-    }
-    check_share_text(&text)?;
-    Ok(text)
 }

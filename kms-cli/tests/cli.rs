@@ -38,13 +38,30 @@ fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
 
 /// Runs `kms-cli ARGS` to completion, killing it and failing the test after [`TIMEOUT`].
 fn run(args: &[&str]) -> Output {
+    run_with_stdin(args, None)
+}
+
+/// [`run`], with `input` on standard input (closed when `None`).
+fn run_with_stdin(args: &[&str], input: Option<&[u8]>) -> Output {
     let mut child = cli()
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kms-cli");
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        let input = input.to_vec();
+        // A writer thread: the child may exit before reading it all (then the write fails).
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&input);
+        });
+    }
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let start = Instant::now();
@@ -84,7 +101,12 @@ fn ok(args: &[&str]) -> String {
 
 /// Asserts the run exited with `code` (and did not panic) and returns its stderr.
 fn fails_with(code: i32, args: &[&str]) -> String {
-    let out = run(args);
+    fails_with_stdin(code, args, None)
+}
+
+/// [`fails_with`], with `input` on standard input.
+fn fails_with_stdin(code: i32, args: &[&str], input: Option<&[u8]>) -> String {
+    let out = run_with_stdin(args, input);
     let err = text(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -220,4 +242,195 @@ fn bad_officer_key_is_refused_locally() {
     );
     assert!(err.contains("--officer-key #1"), "stderr:\n{err}");
     assert!(err.contains("age"), "stderr:\n{err}");
+}
+
+/// `key --help` lists every key subcommand.
+#[test]
+fn key_help_lists_every_subcommand() {
+    let help = ok(&["key", "--help"]);
+    for sub in [
+        "create",
+        "list",
+        "show",
+        "rotate",
+        "set-rotation",
+        "set-min-decryption-version",
+        "disable",
+        "enable",
+        "revoke",
+        "schedule-deletion",
+        "cancel-deletion",
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{sub} "))),
+            "`{sub}` missing from key --help:\n{help}"
+        );
+    }
+}
+
+/// Every command's `--help` ends with at least one runnable example, and the top-level help
+/// names the new command groups.
+#[test]
+fn every_command_help_shows_an_example() {
+    let help = ok(&["--help"]);
+    for cmd in [
+        "key",
+        "encrypt",
+        "decrypt",
+        "reencrypt",
+        "datakey",
+        "random",
+        "envelope",
+    ] {
+        assert!(help.contains(cmd), "{cmd} missing from --help:\n{help}");
+    }
+    let help = ok(&["encrypt", "--help"]);
+    assert!(
+        help.contains("kms-cli encrypt --key payments --context tenant=acme --in secret.txt"),
+        "encrypt --help:\n{help}"
+    );
+    let commands: &[&[&str]] = &[
+        &["key", "create"],
+        &["key", "list"],
+        &["key", "show"],
+        &["key", "rotate"],
+        &["key", "set-rotation"],
+        &["key", "set-min-decryption-version"],
+        &["key", "disable"],
+        &["key", "enable"],
+        &["key", "revoke"],
+        &["key", "schedule-deletion"],
+        &["key", "cancel-deletion"],
+        &["encrypt"],
+        &["decrypt"],
+        &["reencrypt"],
+        &["datakey"],
+        &["random"],
+        &["envelope", "encrypt"],
+        &["envelope", "decrypt"],
+    ];
+    for cmd in commands {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let help = ok(&args);
+        let example = format!("kms-cli {}", cmd.join(" "));
+        assert!(
+            help.contains("Example") && help.contains(&example),
+            "{cmd:?} --help has no example `{example} …`:\n{help}"
+        );
+        assert!(help.contains("--format"), "{cmd:?} --help:\n{help}");
+    }
+}
+
+/// Input that is not base64 is refused locally: exit 2, the message names base64 and says
+/// nothing was sent, and it comes before the missing connection settings (input is read
+/// first).
+#[test]
+fn decrypt_refuses_non_base64_before_connecting() {
+    let err = fails_with_stdin(2, &["decrypt"], Some(b"this is not base64!\n"));
+    assert!(err.contains("base64"), "stderr:\n{err}");
+    assert!(err.contains("nothing was sent"), "stderr:\n{err}");
+    assert!(!err.contains("KMS_ADDR"), "stderr:\n{err}");
+    assert_eq!(err.lines().count(), 1, "one-line message:\n{err}");
+
+    let err = fails_with_stdin(2, &["reencrypt"], Some(b"%%%"));
+    assert!(err.contains("base64"), "stderr:\n{err}");
+
+    // Valid base64 passes the local check and then stops at the missing settings.
+    let err = fails_with_stdin(2, &["decrypt"], Some(b"aGVsbG8=\n"));
+    assert!(err.contains("KMS_ADDR"), "stderr:\n{err}");
+}
+
+/// `--context` without '=' is a usage error (exit 2) that shows the expected form; a key given
+/// twice is refused before connecting, naming the key.
+#[test]
+fn bad_context_is_a_usage_error() {
+    let err = fails_with(2, &["encrypt", "--key", "k", "--context", "novalue"]);
+    assert!(err.contains("KEY=VALUE"), "stderr:\n{err}");
+    let err = fails_with(2, &["datakey", "--key", "k", "--context", "=v"]);
+    assert!(err.contains("KEY=VALUE"), "stderr:\n{err}");
+    let err = fails_with_stdin(
+        2,
+        &[
+            "encrypt",
+            "--key",
+            "k",
+            "--context",
+            "t=a",
+            "--context",
+            "t=b",
+        ],
+        Some(b"x"),
+    );
+    assert!(err.contains("context key t given twice"), "stderr:\n{err}");
+    let err = fails_with(
+        2,
+        &["key", "create", "k", "--label", "a=1", "--label", "a=2"],
+    );
+    assert!(err.contains("label key a given twice"), "stderr:\n{err}");
+}
+
+/// Durations need a unit; `off` is only for set-rotation; a revocation needs a reason.
+#[test]
+fn durations_and_reasons_are_checked_locally() {
+    let err = fails_with(2, &["key", "create", "k", "--rotation-period", "90"]);
+    assert!(err.contains("90d"), "stderr:\n{err}");
+    let err = fails_with(2, &["key", "set-rotation", "k", "1y"]);
+    assert!(err.contains("off"), "stderr:\n{err}");
+    let err = fails_with(2, &["key", "revoke", "k", "--version", "1"]);
+    assert!(err.contains("--reason"), "stderr:\n{err}");
+    let err = fails_with(
+        2,
+        &["key", "revoke", "k", "--version", "1", "--reason", "bored"],
+    );
+    assert!(err.contains("compromised"), "stderr:\n{err}");
+}
+
+/// Envelope commands check their files before connecting: a missing input or an input that
+/// is not an envelope file is named (exit 2), and no output file appears.
+#[test]
+fn envelope_checks_files_before_connecting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing");
+    let plain = dir.path().join("plain.txt");
+    std::fs::write(&plain, b"not an envelope").expect("write");
+    let out = dir.path().join("out");
+    let (missing, plain, out_s) = (
+        missing.display().to_string(),
+        plain.display().to_string(),
+        out.display().to_string(),
+    );
+
+    let err = fails_with(
+        2,
+        &[
+            "envelope", "encrypt", "--key", "k", "--in", &missing, "--out", &out_s,
+        ],
+    );
+    assert!(err.contains(&missing), "stderr:\n{err}");
+    let err = fails_with(2, &["envelope", "decrypt", "--in", &plain, "--out", &out_s]);
+    assert!(err.contains("not a KMS envelope file"), "stderr:\n{err}");
+    assert!(!err.contains("KMS_ADDR"), "stderr:\n{err}");
+    let nodir = dir.path().join("no-such-dir").join("out");
+    let err = fails_with(
+        2,
+        &[
+            "envelope",
+            "encrypt",
+            "--key",
+            "k",
+            "--in",
+            &plain,
+            "--out",
+            &nodir.display().to_string(),
+        ],
+    );
+    assert!(err.contains("does not exist"), "stderr:\n{err}");
+    // Only the input file is left: no output, no temporary file.
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, vec!["plain.txt"], "files left: {names:?}");
 }

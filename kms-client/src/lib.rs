@@ -348,6 +348,16 @@ pub enum EnvelopeFileError {
     },
 }
 
+/// What an envelope file operation did.
+#[derive(Debug, Clone)]
+pub struct EnvelopeOutcome {
+    /// Plaintext bytes encrypted or decrypted.
+    pub bytes: u64,
+    /// The KMS key (and version) that wraps the file's data key.
+    pub key: String,
+    pub version: u32,
+}
+
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnvelopeFileError + '_ {
     move |source| EnvelopeFileError::File {
         path: path.to_path_buf(),
@@ -385,13 +395,14 @@ impl Client {
         input: &Path,
         output: &Path,
         mut progress: impl FnMut(u64) + Send + 'static,
-    ) -> Result<u64, EnvelopeFileError> {
+    ) -> Result<EnvelopeOutcome, EnvelopeFileError> {
         let reader = std::fs::File::open(input).map_err(file_err(input))?;
         let tmp = temp_beside(output)?;
         let dk = self.generate_data_key(key, context).await?;
         let plain = data_key(&dk.plaintext)?;
-        drop(dk.plaintext);
+        drop(zeroize::Zeroizing::new(dk.plaintext));
         let wrapped = dk.ciphertext;
+        let (key_name, version) = (dk.key, dk.version);
         let output_owned = output.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
@@ -418,6 +429,11 @@ impl Client {
             path: output.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })?
+        .map(|bytes| EnvelopeOutcome {
+            bytes,
+            key: key_name,
+            version,
+        })
     }
 
     /// Decrypts an envelope file: unwraps its data key with one Decrypt call (the KMS checks
@@ -429,7 +445,7 @@ impl Client {
         input: &Path,
         output: &Path,
         mut progress: impl FnMut(u64) + Send + 'static,
-    ) -> Result<u64, EnvelopeFileError> {
+    ) -> Result<EnvelopeOutcome, EnvelopeFileError> {
         let file = std::fs::File::open(input).map_err(file_err(input))?;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
         let header = envelope::Header::read(&mut reader)?;
@@ -437,6 +453,7 @@ impl Client {
         let dk = self.decrypt(header.wrapped_key.clone(), context).await?;
         let plain = data_key(&dk.plaintext)?;
         drop(zeroize::Zeroizing::new(dk.plaintext));
+        let (key_name, version) = (dk.key, dk.version);
         let output_owned = output.to_path_buf();
         tokio::task::spawn_blocking(move || {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
@@ -456,5 +473,10 @@ impl Client {
             path: output.to_path_buf(),
             source: std::io::Error::other(e.to_string()),
         })?
+        .map(|bytes| EnvelopeOutcome {
+            bytes,
+            key: key_name,
+            version,
+        })
     }
 }

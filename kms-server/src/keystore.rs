@@ -424,8 +424,8 @@ impl Keystore {
         let wanted = cached_versions(&meta);
         material.retain(|v, _| wanted.contains(v));
         for v in wanted {
-            if !material.contains_key(&v) {
-                material.insert(v, self.read_material(&keyring, &meta, v).await?);
+            if let std::collections::btree_map::Entry::Vacant(slot) = material.entry(v) {
+                slot.insert(self.read_material(&keyring, &meta, v).await?);
             }
         }
         if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {

@@ -81,14 +81,14 @@ async fn envelope_round_trip_and_tampering() {
         })
         .await
         .unwrap();
-    assert_eq!(n, size);
+    assert_eq!(n.bytes, size);
     assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), size);
     std::fs::remove_file(&plain).unwrap();
     let n = c
         .envelope_decrypt_file(ctx.clone(), &sealed, &back, |_| {})
         .await
         .unwrap();
-    assert_eq!(n, size);
+    assert_eq!(n.bytes, size);
     assert_eq!(sha256_file(&back), digest);
     std::fs::remove_file(&back).unwrap();
 

@@ -1,0 +1,388 @@
+//! `kms-cli operator …`: initialise, unseal, seal, status, rekey and barrier rotation.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use kms_client::proto::StatusResponse;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::output::Format;
+use crate::{Conn, Failure};
+
+#[derive(Subcommand)]
+pub(crate) enum Operator {
+    /// Initialise a new KMS and print (or encrypt to officers) the unseal shares.
+    #[command(
+        after_help = "Examples:\n  kms-cli operator init --shares 5 --threshold 3\n  \
+        kms-cli operator init --shares 2 --threshold 2 --officer-key age1… --officer-key age1… --out-dir shares/"
+    )]
+    Init {
+        /// Number of shares (n), one per officer; 1..=32.
+        #[arg(long, value_name = "N")]
+        shares: u32,
+        /// Shares needed to unseal (t); at least 2 unless n = 1.
+        #[arg(long, value_name = "T")]
+        threshold: u32,
+        /// An officer's age X25519 recipient (age1…), given n times: share i is encrypted to the
+        /// i-th key and written to OUT_DIR/share-i.age; no share is printed.
+        #[arg(long, value_name = "AGE_RECIPIENT")]
+        officer_key: Vec<String>,
+        /// Where encrypted shares go (with --officer-key).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        out_dir: PathBuf,
+    },
+    /// Submit one unseal share (prompted without echo when not given), or reset progress.
+    #[command(
+        after_help = "Examples:\n  kms-cli operator unseal              # prompts, no echo\n  \
+        kms-cli operator unseal --share-file share-2.age --identity officer2.key\n  \
+        kms-cli operator unseal --reset"
+    )]
+    Unseal {
+        /// The share text (kms1-…). Prefer the prompt: arguments end up in shell history.
+        #[arg(value_name = "SHARE", conflicts_with_all = ["reset", "share_file"])]
+        share: Option<String>,
+        /// Read the share from a file (age-encrypted if --identity is given).
+        #[arg(long, value_name = "FILE", conflicts_with = "reset")]
+        share_file: Option<PathBuf>,
+        /// age identity file used to decrypt --share-file.
+        #[arg(long, value_name = "FILE", requires = "share_file")]
+        identity: Option<PathBuf>,
+        /// Discard the shares submitted so far.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Seal now: the server erases every secret it holds in memory.
+    #[command(after_help = "Example:\n  kms-cli operator seal")]
+    Seal,
+    /// Show whether the KMS is initialised and sealed, and unseal progress.
+    #[command(after_help = "Example:\n  kms-cli operator status --format json")]
+    Status,
+    /// Replace the shares (new n and t). Prompts for t current shares.
+    #[command(after_help = "Example:\n  kms-cli operator rekey --shares 3 --threshold 2")]
+    Rekey {
+        /// New number of shares.
+        #[arg(long, value_name = "N")]
+        shares: u32,
+        /// New threshold.
+        #[arg(long, value_name = "T")]
+        threshold: u32,
+        /// A current share, instead of the prompt (repeat t times).
+        #[arg(long = "current-share", value_name = "SHARE")]
+        current: Vec<String>,
+    },
+    /// Add a new barrier-key term; records under older terms stay readable.
+    #[command(after_help = "Example:\n  kms-cli operator rotate-barrier")]
+    RotateBarrier,
+}
+
+/// Runs one operator command: shares and officer keys are checked before connecting.
+pub(crate) async fn run(op: Operator, conn: &Conn, fmt: Format) -> Result<(), Failure> {
+    // Check local input before connecting, so a typo costs no round trip.
+    let local_share = match &op {
+        Operator::Unseal {
+            share,
+            share_file,
+            identity,
+            reset: false,
+        } => Some(read_share(
+            share.as_deref(),
+            share_file.as_ref(),
+            identity.as_ref(),
+        )?),
+        _ => None,
+    };
+    let recipients = match &op {
+        Operator::Init {
+            shares,
+            officer_key,
+            ..
+        } => officer_recipients(officer_key, *shares)?,
+        _ => None,
+    };
+    let client = crate::connect(conn).await?;
+    match op {
+        Operator::Status => print_status(fmt, &client.status().await?),
+        Operator::Init {
+            shares,
+            threshold,
+            officer_key: _,
+            out_dir,
+        } => {
+            let resp = client.init(shares, threshold).await?;
+            let shares_text: Vec<Zeroizing<String>> =
+                resp.shares.into_iter().map(Zeroizing::new).collect();
+            output_shares(
+                fmt,
+                &shares_text,
+                resp.threshold,
+                &resp.share_set_id,
+                recipients,
+                &out_dir,
+                "initialised",
+            )?;
+        }
+        Operator::Unseal { reset: true, .. } => print_status(fmt, &client.unseal_reset().await?),
+        Operator::Unseal { .. } => {
+            let share = local_share.ok_or_else(|| Failure::usage("no share given"))?;
+            print_status(fmt, &client.unseal(&share).await?);
+        }
+        Operator::Seal => print_status(fmt, &client.seal().await?),
+        Operator::Rekey {
+            shares,
+            threshold,
+            current,
+        } => {
+            let mut current: Vec<Zeroizing<String>> =
+                current.into_iter().map(Zeroizing::new).collect();
+            for s in &current {
+                check_share_text(s)?;
+            }
+            if current.is_empty() {
+                let t = client.status().await?.threshold;
+                for i in 1..=t {
+                    current.push(prompt_share(&format!("current share {i} of {t}: "))?);
+                }
+            }
+            let resp = client
+                .rekey(
+                    current.iter().map(|s| s.to_string()).collect(),
+                    shares,
+                    threshold,
+                )
+                .await?;
+            let shares_text: Vec<Zeroizing<String>> =
+                resp.shares.into_iter().map(Zeroizing::new).collect();
+            output_shares(
+                fmt,
+                &shares_text,
+                resp.threshold,
+                &resp.share_set_id,
+                None,
+                &PathBuf::from("."),
+                "rekeyed",
+            )?;
+        }
+        Operator::RotateBarrier => {
+            let r = client.rotate_barrier().await?;
+            match fmt {
+                Format::Json => println!("{}", json!({"term": r.term, "terms": r.terms})),
+                Format::Human => println!(
+                    "barrier key rotated: active term {} ({} terms)",
+                    r.term, r.terms
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn officer_recipients(
+    keys: &[String],
+    n: u32,
+) -> Result<Option<Vec<age::x25519::Recipient>>, Failure> {
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    if keys.len() != n as usize {
+        return Err(Failure::usage(format!(
+            "--officer-key given {} times but --shares is {n}: give one key per share",
+            keys.len()
+        )));
+    }
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| {
+            k.parse::<age::x25519::Recipient>().map_err(|e| {
+                Failure::usage(format!(
+                    "--officer-key #{} is not an age X25519 recipient (age1…): {e}",
+                    i + 1
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn output_shares(
+    fmt: Format,
+    shares: &[Zeroizing<String>],
+    threshold: u32,
+    set_id: &str,
+    recipients: Option<Vec<age::x25519::Recipient>>,
+    out_dir: &std::path::Path,
+    what: &str,
+) -> Result<(), Failure> {
+    if let Some(recipients) = recipients {
+        std::fs::create_dir_all(out_dir)
+            .map_err(|e| Failure::usage(format!("cannot create {}: {e}", out_dir.display())))?;
+        let mut files = Vec::new();
+        for (i, (share, r)) in shares.iter().zip(&recipients).enumerate() {
+            let ct = age::encrypt(r, share.as_bytes())
+                .map_err(|e| Failure::usage(format!("cannot encrypt share {}: {e}", i + 1)))?;
+            let path = out_dir.join(format!("share-{}.age", i + 1));
+            std::fs::write(&path, ct)
+                .map_err(|e| Failure::usage(format!("cannot write {}: {e} (the shares are lost: the KMS must be re-initialised from an empty data directory)", path.display())))?;
+            files.push(path.display().to_string());
+        }
+        match fmt {
+            Format::Json => println!(
+                "{}",
+                json!({"share_files": files, "threshold": threshold, "share_set_id": set_id})
+            ),
+            Format::Human => {
+                println!(
+                    "kms {what}: share set {set_id}, {threshold} of {} shares needed to unseal",
+                    shares.len()
+                );
+                for f in files {
+                    println!("  {f}");
+                }
+                println!(
+                    "Give each officer their file; they unseal with --share-file FILE --identity KEY."
+                );
+            }
+        }
+        return Ok(());
+    }
+    match fmt {
+        Format::Json => {
+            let list: Vec<&str> = shares.iter().map(|s| s.as_str()).collect();
+            println!(
+                "{}",
+                json!({"shares": list, "threshold": threshold, "share_set_id": set_id})
+            );
+        }
+        Format::Human => {
+            println!(
+                "kms {what}: share set {set_id}, {threshold} of {} shares needed to unseal.",
+                shares.len()
+            );
+            println!("Give one share to each officer. They are shown once and stored nowhere.");
+            for (i, s) in shares.iter().enumerate() {
+                println!("share {}: {}", i + 1, s.as_str());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_status(fmt: Format, s: &StatusResponse) {
+    match fmt {
+        Format::Json => println!(
+            "{}",
+            json!({
+                "initialized": s.initialized,
+                "sealed": s.sealed,
+                "threshold": s.threshold,
+                "shares": s.shares,
+                "progress": s.progress,
+                "submitted_indexes": s.submitted_indexes,
+                "share_set_id": s.share_set_id,
+                "barrier_term": s.barrier_term,
+                "barrier_terms": s.barrier_terms,
+                "version": s.version,
+                "storage": s.storage,
+            })
+        ),
+        Format::Human => {
+            if !s.initialized {
+                println!("not initialised: run `kms-cli operator init --shares N --threshold T`");
+                return;
+            }
+            println!("sealed:    {}", s.sealed);
+            println!("threshold: {} of {} shares", s.threshold, s.shares);
+            if s.sealed {
+                println!(
+                    "progress:  {} of {} (submitted: {:?})",
+                    s.progress, s.threshold, s.submitted_indexes
+                );
+            } else {
+                println!(
+                    "barrier:   term {} ({} terms)",
+                    s.barrier_term, s.barrier_terms
+                );
+            }
+            println!("share set: {}", s.share_set_id);
+            println!("server:    {} ({})", s.version, s.storage);
+        }
+    }
+}
+
+/// Parses a share locally: a typo is caught by its checksum before anything is sent.
+fn check_share_text(text: &str) -> Result<(), Failure> {
+    text.trim()
+        .parse::<kms_core::shares::Share>()
+        .map(|_| ())
+        .map_err(|e| Failure::usage(format!("{e}; nothing was sent")))
+}
+
+fn read_share(
+    arg: Option<&str>,
+    file: Option<&PathBuf>,
+    identity: Option<&PathBuf>,
+) -> Result<Zeroizing<String>, Failure> {
+    let text = match (arg, file) {
+        (Some(s), _) => Zeroizing::new(s.trim().to_string()),
+        (None, Some(path)) => {
+            let bytes = Zeroizing::new(
+                std::fs::read(path)
+                    .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?,
+            );
+            let plain = match identity {
+                Some(id) => decrypt_share(&bytes, id)?,
+                None => bytes,
+            };
+            Zeroizing::new(String::from_utf8_lossy(&plain).trim().to_string())
+        }
+        (None, None) => prompt_share("unseal share (input hidden): ")?,
+    };
+    check_share_text(&text)?;
+    Ok(text)
+}
+
+fn decrypt_share(ct: &[u8], identity: &PathBuf) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let id_text = Zeroizing::new(std::fs::read_to_string(identity).map_err(|e| {
+        Failure::usage(format!("cannot read identity {}: {e}", identity.display()))
+    })?);
+    let id = id_text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "{} holds no AGE-SECRET-KEY line",
+                identity.display()
+            ))
+        })?
+        .parse::<age::x25519::Identity>()
+        .map_err(|e| Failure::usage(format!("bad age identity in {}: {e}", identity.display())))?;
+    age::decrypt(&id, ct).map(Zeroizing::new).map_err(|e| {
+        Failure::usage(format!(
+            "cannot decrypt the share file with this identity: {e}"
+        ))
+    })
+}
+
+fn prompt_share(prompt: &str) -> Result<Zeroizing<String>, Failure> {
+    let text = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(prompt)
+            .map_err(|e| Failure::usage(format!("cannot read the share: {e}")))?
+    } else {
+        // Scripts pipe the share in; still never echo it.
+        let _ = std::io::stderr().write_all(prompt.as_bytes());
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::usage(format!("cannot read the share: {e}")))?;
+        line
+    };
+    let text = Zeroizing::new(text.trim().to_string());
+    if text.is_empty() {
+        return Err(Failure::usage("no share entered"));
+    }
+    check_share_text(&text)?;
+    Ok(text)
+}
