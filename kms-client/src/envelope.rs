@@ -108,7 +108,9 @@ pub enum EnvelopeError {
 /// chunk fails with [`EnvelopeError::Authentication`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
+    /// The data key as the KMS wrapped it: send it to the KMS to unwrap.
     pub wrapped_key: Vec<u8>,
+    /// Plaintext bytes per chunk (every chunk but the final one holds exactly this many).
     pub chunk_size: u32,
     /// The header exactly as read. [`decrypt`] takes the chunk size and nonce prefix from here,
     /// not from the public fields, which a caller could have changed.
@@ -287,8 +289,8 @@ fn encrypt_chunks(
 /// - `Ok(n)`: the whole file was authentic and its `n` plaintext bytes were written;
 /// - `Authentication { chunk }`: chunk `chunk` did not authenticate (changed bytes, chunks
 ///   reordered, a cut inside a chunk, a changed header, or the wrong data key: then chunk 0);
-/// - `Truncated`: the input ended right after a complete, authentic non-final chunk (or right
-///   after the header);
+/// - `Truncated`: the input ended right after a complete, authentic non-final chunk, right
+///   after the header, or less than a tag's length (16 bytes) into a chunk;
 /// - `TrailingData`: bytes follow an authentic final chunk of full size. After a shorter final
 ///   chunk the format cannot tell appended bytes from a changed chunk: that is `Authentication`;
 /// - `Io`: reading or writing failed.

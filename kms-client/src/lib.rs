@@ -1,7 +1,6 @@
 //! Rust client for the KMS: an mTLS connection and typed calls.
 //!
-//! [`envelope`]: local streaming encryption of files under a KMS data key (format in
-//! `docs/envelope-format.md`).
+//! [`envelope`]: streaming file encryption under a KMS data key (`docs/envelope-format.md`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), kms_client::ClientError> {
