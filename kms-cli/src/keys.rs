@@ -272,7 +272,7 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
         Key::ScheduleDeletion { name, days } => {
             let req = proto::ScheduleKeyDeletionRequest {
                 name,
-                waiting_period_days: days.unwrap_or(0),
+                waiting_period_days: days,
             };
             let key = client.call(admin.schedule_key_deletion(req)).await?;
             let msg = format!(

@@ -218,9 +218,7 @@ impl KeyAdmin for KeysService {
     ) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
         let r = req.into_inner();
-        let days = (r.waiting_period_days > 0
-            || self.keystore.settings().min_deletion_waiting_days == 0)
-            .then_some(r.waiting_period_days);
+        let days = r.waiting_period_days;
         ok_key(self.keystore.schedule_deletion(&name(&r.name)?, days).await)
     }
 

@@ -141,7 +141,7 @@ async fn whole_lifecycle_with_restarts() {
     // Schedule with a waiting period long enough not to elapse during the test, then cancel.
     let sched = |days| pb::ScheduleKeyDeletionRequest {
         name: "payments/card-tokens".into(),
-        waiting_period_days: days,
+        waiting_period_days: Some(days),
     };
     let k = c
         .call(c.key_admin().schedule_key_deletion(sched(30)))
@@ -584,7 +584,7 @@ async fn deletion_waiting_period_minimum() {
             c.key_admin()
                 .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
                     name: "k".into(),
-                    waiting_period_days: 3,
+                    waiting_period_days: Some(3),
                 }),
         )
         .await
@@ -597,7 +597,7 @@ async fn deletion_waiting_period_minimum() {
             c.key_admin()
                 .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
                     name: "k".into(),
-                    waiting_period_days: 0,
+                    waiting_period_days: None,
                 }),
         )
         .await
@@ -656,7 +656,7 @@ async fn sealed_server_refuses_every_key_and_crypto_rpc() {
         .map(drop),
         c.call(ka().schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
             name: "k".into(),
-            waiting_period_days: 30,
+            waiting_period_days: Some(30),
         }))
         .await
         .map(drop),
