@@ -52,9 +52,9 @@ pub async fn open_seal(config: &Config) -> Result<Arc<Seal>, String> {
 
 /// Serves every service on `listener` with mTLS until `shutdown` resolves.
 ///
-/// Served: `kms.v1.Operator`, `grpc.health.v1.Health` (overall status "" is NOT_SERVING while
-/// sealed and SERVING when unsealed; "kms.v1.Operator" is always SERVING), and server reflection
-/// in both `v1` and `v1alpha`.
+/// Served: `kms.v1.Operator`, `kms.v1.KeyAdmin`, `kms.v1.Crypto`, `grpc.health.v1.Health`
+/// ("", "kms.v1.Crypto" and "kms.v1.KeyAdmin" are NOT_SERVING while sealed and SERVING when
+/// unsealed; "kms.v1.Operator" is always SERVING), and server reflection in `v1` and `v1alpha`.
 ///
 /// After `shutdown` resolves, open connections get [`SHUTDOWN_GRACE`] to finish; then the
 /// server stops anyway, so an idle client cannot hold a shutdown (or a restart) for ever.

@@ -23,14 +23,20 @@ pub struct OperatorService {
     health: HealthReporter,
 }
 
-/// Sets the overall health ("") from the seal state. "kms.v1.Operator" is always SERVING.
+/// The services that need the KMS unsealed; health reports them NOT_SERVING while sealed.
+const DATA_SERVICES: [&str; 3] = ["", "kms.v1.Crypto", "kms.v1.KeyAdmin"];
+
+/// Sets the health of the overall server ("") and the data services from the seal state.
+/// "kms.v1.Operator" is always SERVING: it is how the KMS gets unsealed.
 pub async fn publish_health(health: &HealthReporter, sealed: bool) {
     let status = if sealed {
         ServingStatus::NotServing
     } else {
         ServingStatus::Serving
     };
-    health.set_service_status("", status).await;
+    for service in DATA_SERVICES {
+        health.set_service_status(service, status).await;
+    }
     health
         .set_service_status("kms.v1.Operator", ServingStatus::Serving)
         .await;

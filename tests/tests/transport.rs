@@ -176,12 +176,17 @@ async fn health_follows_the_seal_and_reflection_lists_services() {
         }
     };
     assert_eq!(status("").await, ServingStatus::NotServing);
+    assert_eq!(status("kms.v1.Crypto").await, ServingStatus::NotServing);
+    assert_eq!(status("kms.v1.KeyAdmin").await, ServingStatus::NotServing);
     assert_eq!(status("kms.v1.Operator").await, ServingStatus::Serving);
     let shares = init(&server, 1, 1).await;
     unseal_with(&server, &shares, &[1]).await;
     assert_eq!(status("").await, ServingStatus::Serving);
+    assert_eq!(status("kms.v1.Crypto").await, ServingStatus::Serving);
+    assert_eq!(status("kms.v1.KeyAdmin").await, ServingStatus::Serving);
     server.client().await.seal().await.unwrap();
     assert_eq!(status("").await, ServingStatus::NotServing);
+    assert_eq!(status("kms.v1.Crypto").await, ServingStatus::NotServing);
 
     let services = list_services_v1alpha(ch.clone()).await.unwrap();
     assert!(
