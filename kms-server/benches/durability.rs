@@ -455,7 +455,7 @@ fn main() -> Result<(), BoxError> {
         )
         .collect();
     println!(
-        "\nsled `blobs/` files (not covered by the fdatasync of `db`): {}",
+        "\nsled `blobs/` files (large entries; synced separately by the backend): {}",
         blobs.join(", ")
     );
     println!("measured in {:.1} s", started.elapsed().as_secs_f64());
