@@ -73,25 +73,8 @@ impl Table {
 
 /// Unix seconds as ISO-8601 UTC, e.g. `2025-03-01T12:00:00Z`.
 pub(crate) fn iso8601(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Days since 1970-01-01 to a proleptic Gregorian date: H. Hinnant's `civil_from_days`,
-    // which is exact for every i64 day count that concerns us (years ±millions).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3_600,
-        secs % 3_600 / 60,
-        secs % 60
-    )
+    // The server never sends negative times; show one as the epoch rather than panic.
+    kms_core::key::fmt_utc(u64::try_from(unix).unwrap_or(0))
 }
 
 /// A time field where 0 means "none": ISO-8601, or `None`.
@@ -225,7 +208,7 @@ mod tests {
         assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(iso8601(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(iso8601(4_102_444_799), "2099-12-31T23:59:59Z");
-        assert_eq!(iso8601(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(iso8601(-1), "1970-01-01T00:00:00Z");
         assert_eq!(time(0), None);
         assert_eq!(time_or_dash(0), "-");
     }

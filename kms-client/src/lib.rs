@@ -383,6 +383,38 @@ fn data_key(bytes: &[u8]) -> Result<zeroize::Zeroizing<[u8; 32]>, EnvelopeFileEr
     Ok(zeroize::Zeroizing::new(arr))
 }
 
+/// Runs `write` on the blocking pool into a buffered `tmp`, then syncs it and renames it over
+/// `output`. On any error `tmp` is dropped, which deletes it: no partial output remains.
+async fn write_then_rename(
+    tmp: tempfile::NamedTempFile,
+    output: &Path,
+    write: impl FnOnce(
+        &mut std::io::BufWriter<tempfile::NamedTempFile>,
+    ) -> Result<u64, envelope::EnvelopeError>
+    + Send
+    + 'static,
+) -> Result<u64, EnvelopeFileError> {
+    let path = output.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
+        let n = write(&mut out)?;
+        let tmp = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .map_err(file_err(&path))?;
+        tmp.as_file().sync_all().map_err(file_err(&path))?;
+        tmp.persist(&path)
+            .map_err(|e| e.error)
+            .map_err(file_err(&path))?;
+        Ok(n)
+    })
+    .await
+    .map_err(|e| EnvelopeFileError::File {
+        path: output.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?
+}
+
 impl Client {
     /// Encrypts the file `input` into `output` with a fresh data key from `key` (one
     /// GenerateDataKey call; the file never leaves this machine). Streams, so files larger
@@ -402,34 +434,19 @@ impl Client {
         drop(zeroize::Zeroizing::new(dk.plaintext));
         let wrapped = dk.ciphertext;
         let (key_name, version) = (dk.key, dk.version);
-        let output_owned = output.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
-            let n = envelope::encrypt(
+        let n = write_then_rename(tmp, output, move |out| {
+            envelope::encrypt(
                 std::io::BufReader::with_capacity(1 << 20, reader),
-                &mut out,
+                out,
                 &plain,
                 &wrapped,
                 envelope::DEFAULT_CHUNK,
                 &mut progress,
-            )?;
-            let tmp = out
-                .into_inner()
-                .map_err(|e| e.into_error())
-                .map_err(file_err(&output_owned))?;
-            tmp.as_file().sync_all().map_err(file_err(&output_owned))?;
-            tmp.persist(&output_owned)
-                .map_err(|e| e.error)
-                .map_err(file_err(&output_owned))?;
-            Ok(n)
+            )
         })
-        .await
-        .map_err(|e| EnvelopeFileError::File {
-            path: output.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-        .map(|bytes| EnvelopeOutcome {
-            bytes,
+        .await?;
+        Ok(EnvelopeOutcome {
+            bytes: n,
             key: key_name,
             version,
         })
@@ -453,27 +470,12 @@ impl Client {
         let plain = data_key(&dk.plaintext)?;
         drop(zeroize::Zeroizing::new(dk.plaintext));
         let (key_name, version) = (dk.key, dk.version);
-        let output_owned = output.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp);
-            let n = envelope::decrypt(&header, reader, &mut out, &plain, &mut progress)?;
-            let tmp = out
-                .into_inner()
-                .map_err(|e| e.into_error())
-                .map_err(file_err(&output_owned))?;
-            tmp.as_file().sync_all().map_err(file_err(&output_owned))?;
-            tmp.persist(&output_owned)
-                .map_err(|e| e.error)
-                .map_err(file_err(&output_owned))?;
-            Ok(n)
+        let n = write_then_rename(tmp, output, move |out| {
+            envelope::decrypt(&header, reader, out, &plain, &mut progress)
         })
-        .await
-        .map_err(|e| EnvelopeFileError::File {
-            path: output.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?
-        .map(|bytes| EnvelopeOutcome {
-            bytes,
+        .await?;
+        Ok(EnvelopeOutcome {
+            bytes: n,
             key: key_name,
             version,
         })

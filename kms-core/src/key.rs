@@ -923,8 +923,9 @@ fn check_labels(name: &KeyName, labels: &BTreeMap<String, String>) -> Result<(),
     Ok(())
 }
 
-/// `secs` (Unix time) as ISO 8601 UTC, e.g. `2024-05-01T00:00:00Z`, for messages.
-fn fmt_utc(secs: u64) -> String {
+/// `secs` (Unix time) as ISO 8601 UTC, e.g. `2024-05-01T00:00:00Z`, for messages and CLI
+/// output (SNC 12.6: UTC, ISO 8601).
+pub fn fmt_utc(secs: u64) -> String {
     // Civil date from a day count (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
     // i128 so that any u64 fits.
     let days = i128::from(secs / DAY);
