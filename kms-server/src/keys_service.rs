@@ -135,17 +135,9 @@ impl KeyAdmin for KeysService {
         let r = req.into_inner();
         let period = (r.rotation_period_seconds > 0).then_some(r.rotation_period_seconds);
         let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
-        ok_key(
-            self.keystore
-                .create(
-                    name(&r.name)?,
-                    purpose(r.purpose)?,
-                    r.description,
-                    labels,
-                    period,
-                )
-                .await,
-        )
+        let (n, p) = (name(&r.name)?, purpose(r.purpose)?);
+        self.detached(move |ks| async move { ks.create(n, p, r.description, labels, period).await })
+            .await
     }
 
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> R<pb::Key> {
@@ -170,7 +162,9 @@ impl KeyAdmin for KeysService {
 
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
-        ok_key(self.keystore.rotate(&name(&req.into_inner().name)?).await)
+        let n = name(&req.into_inner().name)?;
+        self.detached(move |ks| async move { ks.rotate(&n).await })
+            .await
     }
 
     async fn update_key_config(&self, req: Request<pb::UpdateKeyConfigRequest>) -> R<pb::Key> {
@@ -179,37 +173,34 @@ impl KeyAdmin for KeysService {
         let period = r.rotation_period_seconds.map(|p| (p > 0).then_some(p));
         let labels = (r.replace_labels || !r.labels.is_empty())
             .then(|| (r.labels.into_iter().collect(), r.replace_labels));
-        ok_key(
-            self.keystore
-                .update_config(
-                    &name(&r.name)?,
-                    period,
-                    r.min_decryption_version,
-                    r.description,
-                    labels,
-                )
-                .await,
-        )
+        let n = name(&r.name)?;
+        self.detached(move |ks| async move {
+            ks.update_config(&n, period, r.min_decryption_version, r.description, labels)
+                .await
+        })
+        .await
     }
 
     async fn disable_key(&self, req: Request<pb::KeyNameRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
-        ok_key(self.keystore.disable(&name(&req.into_inner().name)?).await)
+        let n = name(&req.into_inner().name)?;
+        self.detached(move |ks| async move { ks.disable(&n).await })
+            .await
     }
 
     async fn enable_key(&self, req: Request<pb::KeyNameRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
-        ok_key(self.keystore.enable(&name(&req.into_inner().name)?).await)
+        let n = name(&req.into_inner().name)?;
+        self.detached(move |ks| async move { ks.enable(&n).await })
+            .await
     }
 
     async fn revoke_key_version(&self, req: Request<pb::RevokeKeyVersionRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
         let r = req.into_inner();
-        ok_key(
-            self.keystore
-                .revoke(&name(&r.name)?, r.version, reason(r.reason)?)
-                .await,
-        )
+        let (n, why) = (name(&r.name)?, reason(r.reason)?);
+        self.detached(move |ks| async move { ks.revoke(&n, r.version, why).await })
+            .await
     }
 
     async fn schedule_key_deletion(
@@ -219,16 +210,16 @@ impl KeyAdmin for KeysService {
         self.keystore.check_unsealed()?;
         let r = req.into_inner();
         let days = r.waiting_period_days;
-        ok_key(self.keystore.schedule_deletion(&name(&r.name)?, days).await)
+        let n = name(&r.name)?;
+        self.detached(move |ks| async move { ks.schedule_deletion(&n, days).await })
+            .await
     }
 
     async fn cancel_key_deletion(&self, req: Request<pb::KeyNameRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
-        ok_key(
-            self.keystore
-                .cancel_deletion(&name(&req.into_inner().name)?)
-                .await,
-        )
+        let n = name(&req.into_inner().name)?;
+        self.detached(move |ks| async move { ks.cancel_deletion(&n).await })
+            .await
     }
 }
 
@@ -389,6 +380,21 @@ impl Crypto for KeysService {
 }
 
 impl KeysService {
+    /// Runs a key change to completion even if the caller goes away: tonic drops a request's
+    /// future on cancel or deadline, and a change must never stop between its durable commit
+    /// and the cache update.
+    async fn detached<F, Fut>(&self, change: F) -> R<pb::Key>
+    where
+        F: FnOnce(Arc<Keystore>) -> Fut,
+        Fut: std::future::Future<Output = Result<KeyMeta, KmsError>> + Send + 'static,
+    {
+        let task = tokio::spawn(change(self.keystore.clone()));
+        ok_key(
+            task.await
+                .map_err(|e| KmsError::Internal(format!("key change task failed: {e}")))?,
+        )
+    }
+
     fn check_batch(&self, n: usize) -> Result<(), KmsError> {
         let max = self.keystore.settings().max_batch_items;
         if n > max {

@@ -23,7 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kms_core::Secret32;
 use kms_core::barrier::Keyring;
 use kms_core::ciphertext::{self, EncryptionContext};
-use kms_core::key::{KeyMeta, Operation, Purpose, RevocationReason, ScheduledAction};
+use kms_core::key::{
+    KeyMeta, LifecycleError, Operation, Purpose, RevocationReason, ScheduledAction,
+};
 use kms_core::keyname::{KeyId, KeyName};
 use zeroize::Zeroizing;
 
@@ -78,6 +80,8 @@ pub struct Keystore {
     cache: RwLock<Option<Arc<Cache>>>,
     /// Serialises every change to keys, so each is a read-modify-write of one cached state.
     writer: tokio::sync::Mutex<()>,
+    /// Bumped by every `clear` (seal); a `load` that started before a clear must not install.
+    epoch: AtomicU64,
 }
 
 pub fn now_unix() -> u64 {
@@ -93,6 +97,13 @@ fn meta_path(id: &KeyId) -> String {
 
 fn material_path(id: &KeyId, version: u32) -> String {
     format!("keys/{id}/v/{version:010}")
+}
+
+/// The key id and version of a material record path, or None for any other path.
+fn parse_material_path(path: &str) -> Option<(KeyId, u32)> {
+    let rest = path.strip_prefix("keys/")?;
+    let (id, v) = rest.split_once("/v/")?;
+    Some((id.parse().ok()?, v.parse().ok()?))
 }
 
 /// A successful encryption.
@@ -116,6 +127,7 @@ impl Keystore {
             settings,
             cache: RwLock::new(None),
             writer: tokio::sync::Mutex::new(()),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -136,42 +148,37 @@ impl Keystore {
         self.cache().map(|_| ())
     }
 
-    fn set_cache(&self, cache: Option<Arc<Cache>>) {
-        // A poisoned lock still holds a valid Option; replacing it is safe.
-        let mut guard = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        *guard = cache;
-    }
-
     /// Drops every cached key and its material (zeroized on drop). Called on seal.
     pub fn clear(&self) {
-        self.set_cache(None);
+        // A poisoned lock still holds a valid Option; replacing it is safe.
+        let mut guard = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        *guard = None;
     }
 
     /// Loads every key from storage into the cache. Called after unseal. Any record that fails
     /// to open or parse makes the load fail: the KMS does not serve a partial key set silently.
     pub async fn load(&self) -> Result<usize, KmsError> {
         let _w = self.writer.lock().await;
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let keyring = self.seal.keyring().await?;
         let backend = self.seal.backend();
         let mut cache = Cache::default();
-        for path in backend.list("keys/").await? {
+        let paths = backend.list("keys/").await?;
+        for path in &paths {
             if !path.ends_with("/meta") {
                 continue;
             }
             let rec = backend
-                .get(&path)
+                .get(path)
                 .await?
                 .ok_or_else(|| KmsError::Internal(format!("{path} vanished during load")))?;
-            let plain = keyring.open(&path, &rec.value)?;
+            let plain = keyring.open(path, &rec.value)?;
             let meta: KeyMeta = serde_json::from_slice(&plain)
                 .map_err(|e| KmsError::Internal(format!("{path} is unreadable: {e}")))?;
             if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {
                 // Finish an erasure a crash may have interrupted (metadata is written first).
-                for v in 1..=meta.latest() {
-                    backend
-                        .delete(&material_path(&meta.id, v), Expect::Any)
-                        .await?;
-                }
+                self.erase_material(&meta).await?;
             }
             let mut material = BTreeMap::new();
             for v in cached_versions(&meta) {
@@ -188,8 +195,24 @@ impl Keystore {
                 .insert(cached.meta.name.clone(), cached.clone());
             cache.by_id.insert(cached.meta.id, cached);
         }
+        // Material no acknowledged key version owns (a create or rotation interrupted before
+        // its metadata committed) is erased, so it can neither block a rotation nor outlive it.
+        for path in &paths {
+            if let Some((id, v)) = parse_material_path(path) {
+                let owned = cache.by_id.get(&id).is_some_and(|k| v <= k.meta.latest());
+                if !owned {
+                    backend.delete(path, Expect::Any).await?;
+                    tracing::warn!(%path, "erased key material left by an interrupted change");
+                }
+            }
+        }
         let n = cache.by_id.len();
-        self.set_cache(Some(Arc::new(cache)));
+        let mut guard = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        // Sealed while loading: install nothing, keep no key in memory.
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return Err(KmsError::Sealed);
+        }
+        *guard = Some(Arc::new(cache));
         Ok(n)
     }
 
@@ -244,20 +267,34 @@ impl Keystore {
         })
     }
 
+    /// Decrypts a ciphertext. The header (key id, version) is not authenticated until the
+    /// ciphertext is opened, so anything it gets wrong (unknown key id, a version the key never
+    /// had) is reported as the opaque authentication failure; a revoked or below-minimum version
+    /// is named only for an authentic ciphertext (the plaintext is then dropped, unreleased).
     pub fn decrypt(&self, ct: &[u8], context: &EncryptionContext) -> Result<Decrypted, KmsError> {
         let header = ciphertext::parse_header(ct)?;
+        let auth_failed = || KmsError::from(ciphertext::CiphertextError::Authentication);
         let key = self
             .cache()?
             .by_id
             .get(&header.key_id)
             .cloned()
-            .ok_or_else(|| {
-                KmsError::NotFound(format!(
-                    "the ciphertext names key id {} which this KMS does not hold (a ciphertext from another installation?)",
-                    header.key_id
-                ))
-            })?;
-        key.meta.check_decrypt(header.version)?;
+            .ok_or_else(auth_failed)?;
+        match key.meta.check_decrypt(header.version) {
+            Ok(()) => {}
+            Err(LifecycleError::NoSuchVersion { .. }) => return Err(auth_failed()),
+            Err(
+                e @ (LifecycleError::BelowMinDecryption { .. }
+                | LifecycleError::VersionRevoked { .. }),
+            ) => {
+                let authentic = key
+                    .material
+                    .get(&header.version)
+                    .is_some_and(|m| ciphertext::open(m, ct, context).is_ok());
+                return Err(if authentic { e.into() } else { auth_failed() });
+            }
+            Err(e) => return Err(e.into()),
+        }
         let material = key.material.get(&header.version).ok_or_else(|| {
             KmsError::Internal(format!(
                 "key {} version {}: no material in cache",
@@ -418,9 +455,8 @@ impl Keystore {
             self.write_material(&keyring, &meta.id, v, &m).await?;
             material.insert(v, m);
         }
-        let record_version = self
-            .write_meta(&keyring, &meta, Expect::Version(current.record_version))
-            .await?;
+        // Everything the new cache entry needs is read before the metadata commits, so nothing
+        // can fail between the commit and the cache update.
         let wanted = cached_versions(&meta);
         material.retain(|v, _| wanted.contains(v));
         for v in wanted {
@@ -428,14 +464,9 @@ impl Keystore {
                 slot.insert(self.read_material(&keyring, &meta, v).await?);
             }
         }
-        if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {
-            for v in 1..=meta.latest() {
-                self.seal
-                    .backend()
-                    .delete(&material_path(&meta.id, v), Expect::Any)
-                    .await?;
-            }
-        }
+        let record_version = self
+            .write_meta(&keyring, &meta, Expect::Version(current.record_version))
+            .await?;
         self.install(
             cache,
             CachedKey {
@@ -445,6 +476,10 @@ impl Keystore {
                 material,
             },
         );
+        if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {
+            // After the commit: if an erasure fails here, the next load finishes it.
+            self.erase_material(&meta).await?;
+        }
         Ok(meta)
     }
 
@@ -596,6 +631,17 @@ impl Keystore {
             ))
         })?;
         to_secret(&keyring.open(&path, &rec.value)?)
+    }
+
+    /// Deletes every version's material record of `meta` (missing ones are fine).
+    async fn erase_material(&self, meta: &KeyMeta) -> Result<(), KmsError> {
+        for v in 1..=meta.latest() {
+            self.seal
+                .backend()
+                .delete(&material_path(&meta.id, v), Expect::Any)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn write_material(

@@ -52,18 +52,26 @@ impl OperatorService {
     }
 
     /// After an unseal completes, loads the keys; if they cannot be loaded the KMS seals
-    /// again (fail closed) and the error is returned.
+    /// again (fail closed) and the error is returned. The load runs detached so a cancelled
+    /// Unseal call cannot leave the KMS unsealed without its keys.
     async fn after_unseal(&self, s: SealStatus) -> Result<SealStatus, KmsError> {
         if s.sealed || self.keystore.check_unsealed().is_ok() {
             return Ok(s);
         }
-        if let Err(e) = self.keystore.load().await {
-            tracing::error!(error = %e, "keys could not be loaded after unseal; sealing again");
-            self.keystore.clear();
-            self.seal.seal().await?;
-            return Err(e);
-        }
-        Ok(s)
+        let (seal, keystore) = (self.seal.clone(), self.keystore.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = keystore.load().await {
+                tracing::error!(error = %e, "keys could not be loaded after unseal; sealing again");
+                keystore.clear();
+                seal.seal().await?;
+                return Err(e);
+            }
+            Ok(())
+        });
+        task.await
+            .map_err(|e| KmsError::Internal(format!("key load task failed: {e}")))??;
+        // Read the state again: a Seal may have come in meanwhile.
+        Ok(self.seal.status().await)
     }
 
     /// Publishes the seal state to health, then builds the response.
@@ -134,6 +142,9 @@ impl Operator for OperatorService {
     }
 
     async fn seal(&self, _req: Request<SealRequest>) -> Result<Response<StatusResponse>, Status> {
+        // Clear before and after: a key load racing with this Seal cannot install its keys
+        // (load checks the keystore's epoch), and nothing loaded in between survives.
+        self.keystore.clear();
         let status = self.seal.seal().await?;
         self.keystore.clear();
         Ok(self.answer(status).await)

@@ -122,3 +122,42 @@ async fn destruction_runs_when_the_waiting_period_ends() {
         KeyState::Destroyed { .. }
     ));
 }
+
+/// Key material that no acknowledged version owns (a create or rotation interrupted between
+/// writing the material and committing the metadata) is erased at the next load, and does
+/// not block the next rotation. [RègleEffacement-1: no unowned key material survives]
+#[tokio::test]
+async fn interrupted_changes_leave_no_material_behind() {
+    use kms_server::storage::Expect;
+    let dir = tempfile::tempdir().unwrap();
+    let (seal, ks) = unsealed_keystore(dir.path()).await;
+    let name: KeyName = "k".parse().unwrap();
+    let meta = ks
+        .create(
+            name.clone(),
+            Purpose::EncryptDecrypt,
+            String::new(),
+            BTreeMap::new(),
+            None,
+        )
+        .await
+        .unwrap();
+    // Simulate the leftovers of a rotation and of a create that never committed.
+    let keyring = seal.keyring().await.unwrap();
+    let orphan_version = format!("keys/{}/v/{:010}", meta.id, 2);
+    let orphan_key = format!("keys/{}/v/{:010}", "00112233445566778899aabbccddeeff", 1);
+    for path in [&orphan_version, &orphan_key] {
+        let sealed = keyring.seal(path, &[7u8; 32]).unwrap();
+        seal.backend().put(path, sealed, Expect::Any).await.unwrap();
+    }
+    ks.clear();
+    ks.load().await.unwrap();
+    assert_eq!(seal.backend().get(&orphan_version).await.unwrap(), None);
+    assert_eq!(seal.backend().get(&orphan_key).await.unwrap(), None);
+    let v1 = format!("keys/{}/v/{:010}", meta.id, 1);
+    assert!(
+        seal.backend().get(&v1).await.unwrap().is_some(),
+        "owned material erased"
+    );
+    assert_eq!(ks.rotate(&name).await.unwrap().latest(), 2);
+}
