@@ -62,6 +62,9 @@ pub(crate) enum Crypto {
         /// A context pair for the new ciphertext, repeat for several (default: same as --context).
         #[arg(long, value_name = "KEY=VALUE")]
         to_context: Vec<KeyValue>,
+        /// Give the new ciphertext an empty context (instead of the same as --context).
+        #[arg(long, conflicts_with = "to_context")]
+        to_empty_context: bool,
         #[command(flatten)]
         io: IoArgs,
     },
@@ -126,11 +129,12 @@ pub(crate) async fn run(cmd: Crypto, conn: &Conn, fmt: Format) -> Result<(), Fai
     match cmd {
         Crypto::Encrypt { key, context, io } => {
             let context = pairs_to_map(&context.pairs, "--context")?;
-            let plaintext = read_all(&io.input)?;
+            let mut plaintext = read_all(&io.input)?;
             let len = plaintext.len();
             let client = crate::connect(conn).await?;
+            // Moved, not copied, into the request: one unwiped copy fewer.
             let resp = client
-                .encrypt(&key, plaintext.to_vec(), context)
+                .encrypt(&key, std::mem::take(&mut *plaintext), context)
                 .await
                 .map_err(|e| {
                     let f = Failure::from(e);
@@ -177,6 +181,7 @@ pub(crate) async fn run(cmd: Crypto, conn: &Conn, fmt: Format) -> Result<(), Fai
             context,
             to_key,
             to_context,
+            to_empty_context,
             io,
         } => {
             let context = pairs_to_map(&context.pairs, "--context")?;
@@ -188,6 +193,7 @@ pub(crate) async fn run(cmd: Crypto, conn: &Conn, fmt: Format) -> Result<(), Fai
                 context,
                 destination_key: to_key.unwrap_or_default(),
                 destination_context,
+                replace_context: to_empty_context,
             };
             let resp = client
                 .call(client.crypto().re_encrypt(req))
@@ -283,8 +289,9 @@ pub(crate) fn decrypt_failure(e: ClientError) -> Failure {
 }
 
 /// Reads all of `src`.
-fn read_all(src: &Stream) -> Result<Vec<u8>, Failure> {
-    let mut buf = Vec::new();
+/// Reads all of `src` into a buffer that is wiped when dropped (it may hold plaintext).
+fn read_all(src: &Stream) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let mut buf = Zeroizing::new(Vec::new());
     match src {
         Stream::Std => {
             let stdin = std::io::stdin();
@@ -297,8 +304,10 @@ fn read_all(src: &Stream) -> Result<Vec<u8>, Failure> {
                 .map_err(|e| Failure::usage(format!("cannot read standard input: {e}")))?;
         }
         Stream::File(path) => {
-            buf = std::fs::read(path)
-                .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+            buf = Zeroizing::new(
+                std::fs::read(path)
+                    .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?,
+            );
         }
     }
     Ok(buf)

@@ -267,7 +267,7 @@ impl Crypto for KeysService {
             Some(name(&r.destination_key)?)
         };
         let ctx = context(r.context)?;
-        let dest_ctx = if r.destination_context.is_empty() {
+        let dest_ctx = if r.destination_context.is_empty() && !r.replace_context {
             ctx.clone()
         } else {
             context(r.destination_context)?

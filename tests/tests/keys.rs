@@ -698,3 +698,52 @@ async fn sealed_server_refuses_every_key_and_crypto_rpc() {
     kms_tests::unseal_with(&server, &[share.unwrap()], &[1]).await;
     assert_eq!(c.decrypt(ct, HashMap::new()).await.unwrap().plaintext, b"m");
 }
+
+/// ReEncrypt keeps the context by default, replaces it when asked, and can move a ciphertext
+/// to another key; the plaintext never leaves the server.
+#[tokio::test]
+async fn reencrypt_contexts_and_keys() {
+    let inst = Installation::new();
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    create(&c, "src").await;
+    create(&c, "dst").await;
+    let a = ctx(&[("a", "1")]);
+    let ct = c
+        .encrypt("src", b"m".to_vec(), a.clone())
+        .await
+        .unwrap()
+        .ciphertext;
+    let re = |dest: &str, dctx: HashMap<String, String>, replace: bool| pb::ReEncryptRequest {
+        ciphertext: ct.clone(),
+        context: a.clone(),
+        destination_key: dest.into(),
+        destination_context: dctx,
+        replace_context: replace,
+    };
+    let same = c
+        .call(c.crypto().re_encrypt(re("", HashMap::new(), false)))
+        .await
+        .unwrap();
+    assert_eq!(same.key, "src");
+    assert_eq!(
+        c.decrypt(same.ciphertext, a.clone())
+            .await
+            .unwrap()
+            .plaintext,
+        b"m"
+    );
+    let empty = c
+        .call(c.crypto().re_encrypt(re("dst", HashMap::new(), true)))
+        .await
+        .unwrap();
+    assert_eq!(empty.key, "dst");
+    assert!(
+        c.decrypt(empty.ciphertext.clone(), a.clone())
+            .await
+            .is_err()
+    );
+    let d = c.decrypt(empty.ciphertext, HashMap::new()).await.unwrap();
+    assert_eq!((d.plaintext.as_slice(), d.key.as_str()), (&b"m"[..], "dst"));
+}
