@@ -27,6 +27,10 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// CA certificates (PEM) that client certificates must chain to.
     pub client_ca: PathBuf,
+    /// Optional certificate revocation list(s) (PEM) of the client CA: a revoked client
+    /// certificate is refused during the handshake (hard fail).
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +57,9 @@ impl Config {
         resolve(&mut config.tls.cert);
         resolve(&mut config.tls.key);
         resolve(&mut config.tls.client_ca);
+        if let Some(crl) = &mut config.tls.crl {
+            resolve(crl);
+        }
         match &mut config.storage {
             StorageConfig::Sled { path } => resolve(path),
         }

@@ -52,6 +52,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
             cert: server.cert,
             key: server.key,
             client_ca: tls_dir.join("ca.pem"),
+            crl: None,
         },
         storage: StorageConfig::Sled {
             path: data_dir.join("data"),

@@ -14,6 +14,7 @@ mod error;
 mod keys_service;
 pub mod keystore;
 pub mod pki;
+pub mod principal;
 mod seal;
 mod service;
 pub mod storage;
@@ -34,7 +35,12 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5
 /// Reads the TLS files named in the configuration and builds the mTLS server configuration
 /// (TLS 1.3 only, client certificate required). Errors name the file at fault.
 pub fn load_tls(config: &Config) -> Result<rustls::ServerConfig, String> {
-    tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)
+    tls::server_config(
+        &config.tls.cert,
+        &config.tls.key,
+        &config.tls.client_ca,
+        config.tls.crl.as_deref(),
+    )
 }
 
 /// Opens the configured storage and loads the seal configuration (sealed).

@@ -32,6 +32,17 @@ pub fn generate(
     server_names: &[&str],
     clients: &[ClientSpec<'_>],
 ) -> Result<(), String> {
+    generate_with_crl(dir, server_names, clients, &[])
+}
+
+/// Like [`generate`], and also writes `crl.pem`, a CRL signed by the CA that revokes the
+/// clients named in `revoked` (by their `name`), when `revoked` is not empty.
+pub fn generate_with_crl(
+    dir: &Path,
+    server_names: &[&str],
+    clients: &[ClientSpec<'_>],
+    revoked: &[&str],
+) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let err = |e: rcgen::Error| format!("certificate generation failed: {e}");
 
@@ -56,8 +67,19 @@ pub fn generate(
     let cert = server.signed_by(&key, &issuer).map_err(err)?;
     write_pair(dir, "server", &cert.pem(), &key.serialize_pem())?;
 
-    for c in clients {
+    let mut revoked_certs = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        let serial = rcgen::SerialNumber::from(i as u64 + 1000);
+        p.serial_number = Some(serial.clone());
+        if revoked.contains(&c.name) {
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: serial,
+                revocation_time: rcgen::date_time_ymd(2025, 1, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
         p.distinguished_name.push(DnType::CommonName, c.common_name);
         p.subject_alt_names
             .push(SanType::URI(c.uri.try_into().map_err(err)?));
@@ -65,6 +87,23 @@ pub fn generate(
         let key = KeyPair::generate().map_err(err)?;
         let cert = p.signed_by(&key, &issuer).map_err(err)?;
         write_pair(dir, c.name, &cert.pem(), &key.serialize_pem())?;
+    }
+    if !revoked.is_empty() {
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2100, 1, 1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .map_err(err)?;
+        write_file(
+            &dir.join("crl.pem"),
+            crl.pem().map_err(err)?.as_bytes(),
+            0o644,
+        )?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -23,6 +23,7 @@ pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: &Path,
+    crl: Option<&Path>,
 ) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certs(cert)?;
@@ -34,7 +35,19 @@ pub fn server_config(
             .add(ca)
             .map_err(|e| format!("bad client CA certificate in {}: {e}", client_ca.display()))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if let Some(crl) = crl {
+        let crls = CertificateRevocationListDer::pem_file_iter(crl)
+            .map_err(|e| format!("cannot read CRL {}: {e}", crl.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("bad PEM CRL in {}: {e}", crl.display()))?;
+        if crls.is_empty() {
+            return Err(format!("no CRL found in {}", crl.display()));
+        }
+        builder = builder.with_crls(crls);
+    }
+    let verifier = builder
         .build()
         .map_err(|e| format!("cannot build client verifier: {e}"))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -31,8 +31,9 @@ pub struct Pki {
 }
 
 impl Pki {
+    /// Also issues `revoked`, a client certificate listed in `crl.pem`.
     pub fn generate(dir: &Path) -> Self {
-        pki::generate(
+        pki::generate_with_crl(
             dir,
             &["localhost", "127.0.0.1"],
             &[
@@ -46,7 +47,13 @@ impl Pki {
                     common_name: "test-other",
                     uri: "spiffe://kms.test/other",
                 },
+                ClientSpec {
+                    name: "revoked",
+                    common_name: "test-revoked",
+                    uri: "spiffe://kms.test/revoked",
+                },
             ],
+            &["revoked"],
         )
         .unwrap();
         Self {
@@ -90,6 +97,7 @@ impl Installation {
 cert = "tls/server.pem"
 key = "tls/server-key.pem"
 client_ca = "tls/ca.pem"
+crl = "tls/crl.pem"
 [storage]
 backend = "sled"
 path = "data"

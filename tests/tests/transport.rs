@@ -100,6 +100,26 @@ async fn clients_without_a_trusted_certificate_get_no_answer() {
     );
 }
 
+/// A client certificate listed in the configured CRL is refused during the handshake: no
+/// service answers. [ANSSI TLS guide via SNC 10.2.c: revoked certificates refused, hard fail]
+#[tokio::test]
+async fn revoked_client_certificate_is_refused() {
+    let inst = Installation::new();
+    let server = inst.start();
+    let good = inst.pki.client("client");
+    assert!(
+        any_service_answers(channel(&server, &inst.pki.ca(), Some((&good.cert, &good.key))).await)
+            .await
+    );
+    let revoked = inst.pki.client("revoked");
+    assert!(
+        !any_service_answers(
+            channel(&server, &inst.pki.ca(), Some((&revoked.cert, &revoked.key))).await
+        )
+        .await
+    );
+}
+
 fn rustls_client(
     inst: &Installation,
     versions: &[&'static rustls::SupportedProtocolVersion],
