@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["kms/v1/operator.proto", "kms/v1/keys.proto"];
+    let files = [
+        "kms/v1/operator.proto",
+        "kms/v1/keys.proto",
+        "kms/v1/policy.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

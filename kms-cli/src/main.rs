@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use kms_client::{Client, ClientError, ConnectOptions};
 
 mod args;
+mod audit;
 mod crypto;
 mod envelope;
 mod keys;
@@ -89,6 +90,9 @@ enum Command {
     /// Encrypt or decrypt files of any size under a fresh data key (envelope encryption).
     #[command(subcommand)]
     Envelope(envelope::Envelope),
+    /// Audit log tools: verify log files offline (no connection).
+    #[command(subcommand)]
+    Audit(audit::Audit),
 }
 
 /// A CLI failure: a one-line message with what to do next, and an exit code.
@@ -178,6 +182,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Key(cmd) => keys::run(cmd, &cli.conn, cli.format).await,
         Command::Crypto(cmd) => crypto::run(cmd, &cli.conn, cli.format).await,
         Command::Envelope(cmd) => envelope::run(cmd, &cli.conn, cli.format).await,
+        // Offline: reads files only, never connects.
+        Command::Audit(cmd) => audit::run(cmd, cli.format),
     }
 }
 

@@ -1,19 +1,23 @@
 //! The KMS core: pure cryptography and data formats, no network, no async runtime.
 //!
 //! The public interface is:
+//! - [`audit`]: the hash-chained audit log format (records, chain writer, offline verify).
 //! - [`Secret32`]: 32 secret bytes, zeroized on drop, never printed.
 //! - [`barrier`]: the keyring of barrier keys and the sealing of every stored record.
 //! - [`ciphertext`]: the data-plane ciphertext format (v1), encryption context, seal and open.
 //! - [`key`]: key metadata and its lifecycle state machine (pure, time passed in).
 //! - [`keyname`]: key names and key ids, parsed at the edge.
+//! - [`policy`]: access policies (TOML rules, deny by default, separation of duties) and decisions.
 //! - [`shares`]: Feldman-verifiable t-of-n splitting of the root secret and the share text format.
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod barrier;
 pub mod ciphertext;
 pub mod key;
 pub mod keyname;
+pub mod policy;
 mod secret;
 pub mod shares;
 

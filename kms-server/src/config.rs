@@ -13,6 +13,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub tls: TlsConfig,
     pub storage: StorageConfig,
+    /// Directory of policy files (`*.toml`); see `policies/README.md`. Deny by default.
+    pub policies: PathBuf,
     /// Limits and lifecycle settings of keys; every field has a default.
     #[serde(default)]
     pub keys: crate::keystore::KeySettings,
@@ -57,6 +59,7 @@ impl Config {
         resolve(&mut config.tls.cert);
         resolve(&mut config.tls.key);
         resolve(&mut config.tls.client_ca);
+        resolve(&mut config.policies);
         if let Some(crl) = &mut config.tls.crl {
             resolve(crl);
         }

@@ -13,6 +13,19 @@ use crate::{Config, StorageConfig, TlsConfig};
 const ROLES: [&str; 4] = ["admin", "service", "auditor", "officer"];
 const SHARE_FILE: &str = "dev-unseal-share";
 
+/// The repository's example policies, written to `DATA_DIR/policies` on first run.
+const EXAMPLE_POLICIES: [(&str, &str); 6] = [
+    ("admin.toml", include_str!("../../policies/admin.toml")),
+    ("auditor.toml", include_str!("../../policies/auditor.toml")),
+    ("dev.toml", include_str!("../../policies/dev.toml")),
+    ("officer.toml", include_str!("../../policies/officer.toml")),
+    (
+        "separation-of-duties.toml",
+        include_str!("../../policies/separation-of-duties.toml"),
+    ),
+    ("service.toml", include_str!("../../policies/service.toml")),
+];
+
 /// Starts dev mode in `data_dir` on `listen` and serves until SIGINT/SIGTERM.
 ///
 /// First run: generates a dev CA, a server certificate (localhost, 127.0.0.1), a default client
@@ -45,6 +58,15 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
         }
         pki::generate(&tls_dir, &["localhost", "127.0.0.1"], &clients)?;
     }
+    let policies = data_dir.join("policies");
+    if !policies.exists() {
+        std::fs::create_dir_all(&policies)
+            .map_err(|e| format!("cannot create {}: {e}", policies.display()))?;
+        for (name, text) in EXAMPLE_POLICIES {
+            pki::write_file(&policies.join(name), text.as_bytes(), 0o644)?;
+        }
+    }
+    let authz = std::sync::Arc::new(crate::Authz::load(&policies)?);
     let server = pki::files(&tls_dir, "server");
     let config = Config {
         listen,
@@ -57,6 +79,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
         storage: StorageConfig::Sled {
             path: data_dir.join("data"),
         },
+        policies,
         // Dev mode may lower the deletion waiting period to zero days, to try the lifecycle.
         keys: crate::keystore::KeySettings {
             min_deletion_waiting_days: 0,
@@ -98,7 +121,15 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
     println!("# source this to use kms-cli ({}):", env_path.display());
     print!("{env}");
     println!("kms-server listening on {addr}");
-    crate::serve(listener, tls, &config, seal, crate::shutdown_signal()).await
+    crate::serve(
+        listener,
+        tls,
+        &config,
+        authz,
+        seal,
+        crate::shutdown_signal(),
+    )
+    .await
 }
 
 fn env_text(addr: SocketAddr, ca: &Path, cert: &Path, key: &Path) -> String {

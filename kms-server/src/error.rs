@@ -15,6 +15,8 @@ pub enum KmsError {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("kms is not initialised: run `kms-cli operator init --shares N --threshold T`")]
     NotInitialized,
     #[error(
@@ -93,6 +95,7 @@ impl From<KmsError> for tonic::Status {
             KmsError::Sealed => tonic::Status::unavailable(msg),
             KmsError::NotFound(_) => tonic::Status::not_found(msg),
             KmsError::AlreadyExists(_) => tonic::Status::already_exists(msg),
+            KmsError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
             KmsError::NotInitialized | KmsError::FailedPrecondition(_) => {
                 tonic::Status::failed_precondition(msg)
             }

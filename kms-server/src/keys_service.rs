@@ -12,8 +12,11 @@ use kms_proto::v1::crypto_server::Crypto;
 use kms_proto::v1::key_admin_server::KeyAdmin;
 use tonic::{Request, Response, Status};
 
+use crate::authz::Authz;
 use crate::error::KmsError;
 use crate::keystore::Keystore;
+use crate::principal::{self, Principal};
+use kms_core::policy::Operation as Op;
 
 const MAX_RANDOM: u32 = 1024;
 const DEFAULT_PAGE: u32 = 100;
@@ -21,12 +24,24 @@ const MAX_PAGE: u32 = 1000;
 
 pub struct KeysService {
     keystore: Arc<Keystore>,
+    authz: Arc<Authz>,
 }
 
 impl KeysService {
-    pub fn new(keystore: Arc<Keystore>) -> Self {
-        Self { keystore }
+    pub fn new(keystore: Arc<Keystore>, authz: Arc<Authz>) -> Self {
+        Self { keystore, authz }
     }
+
+    /// Checks a grant for a key operation that carries no encryption context.
+    fn allow(&self, who: &Principal, op: Op, key: &KeyName) -> Result<(), KmsError> {
+        self.authz
+            .check(who, op, Some(key.as_str()), &BTreeMap::new())
+    }
+}
+
+/// The request's context as the policy sees it.
+fn cmap(h: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    h.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 fn name(s: &str) -> Result<KeyName, KmsError> {
@@ -132,28 +147,37 @@ fn ok_key(m: Result<KeyMeta, KmsError>) -> R<pb::Key> {
 impl KeyAdmin for KeysService {
     async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
         let period = (r.rotation_period_seconds > 0).then_some(r.rotation_period_seconds);
         let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
         let (n, p) = (name(&r.name)?, purpose(r.purpose)?);
+        self.allow(&who, Op::Create, &n)?;
         self.detached(move |ks| async move { ks.create(n, p, r.description, labels, period).await })
             .await
     }
 
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
-        ok_key(self.keystore.get(&name(&req.into_inner().name)?))
+        let who = principal::of(&req)?;
+        let n = name(&req.into_inner().name)?;
+        self.allow(&who, Op::Read, &n)?;
+        ok_key(self.keystore.get(&n))
     }
 
     async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> R<pb::ListKeysResponse> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
         let size = match r.page_size {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
         let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
-        let (keys, next) = self.keystore.list(&r.prefix, after, size as usize)?;
+        // Only the keys this principal may list are shown (and counted for paging).
+        let (keys, next) = self.keystore.list(&r.prefix, after, size as usize, |n| {
+            self.authz.allows(&who, Op::List, n)
+        })?;
         Ok(Response::new(pb::ListKeysResponse {
             keys: keys.iter().map(key_to_pb).collect(),
             next_page_token: next.unwrap_or_default(),
@@ -162,18 +186,22 @@ impl KeyAdmin for KeysService {
 
     async fn rotate_key(&self, req: Request<pb::RotateKeyRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let n = name(&req.into_inner().name)?;
+        self.allow(&who, Op::Rotate, &n)?;
         self.detached(move |ks| async move { ks.rotate(&n).await })
             .await
     }
 
     async fn update_key_config(&self, req: Request<pb::UpdateKeyConfigRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
         let period = r.rotation_period_seconds.map(|p| (p > 0).then_some(p));
         let labels = (r.replace_labels || !r.labels.is_empty())
             .then(|| (r.labels.into_iter().collect(), r.replace_labels));
         let n = name(&r.name)?;
+        self.allow(&who, Op::Configure, &n)?;
         self.detached(move |ks| async move {
             ks.update_config(&n, period, r.min_decryption_version, r.description, labels)
                 .await
@@ -183,22 +211,28 @@ impl KeyAdmin for KeysService {
 
     async fn disable_key(&self, req: Request<pb::KeyNameRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let n = name(&req.into_inner().name)?;
+        self.allow(&who, Op::Disable, &n)?;
         self.detached(move |ks| async move { ks.disable(&n).await })
             .await
     }
 
     async fn enable_key(&self, req: Request<pb::KeyNameRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let n = name(&req.into_inner().name)?;
+        self.allow(&who, Op::Enable, &n)?;
         self.detached(move |ks| async move { ks.enable(&n).await })
             .await
     }
 
     async fn revoke_key_version(&self, req: Request<pb::RevokeKeyVersionRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
         let (n, why) = (name(&r.name)?, reason(r.reason)?);
+        self.allow(&who, Op::Revoke, &n)?;
         self.detached(move |ks| async move { ks.revoke(&n, r.version, why).await })
             .await
     }
@@ -208,16 +242,20 @@ impl KeyAdmin for KeysService {
         req: Request<pb::ScheduleKeyDeletionRequest>,
     ) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
         let days = r.waiting_period_days;
         let n = name(&r.name)?;
+        self.allow(&who, Op::ScheduleDeletion, &n)?;
         self.detached(move |ks| async move { ks.schedule_deletion(&n, days).await })
             .await
     }
 
     async fn cancel_key_deletion(&self, req: Request<pb::KeyNameRequest>) -> R<pb::Key> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let n = name(&req.into_inner().name)?;
+        self.allow(&who, Op::CancelDeletion, &n)?;
         self.detached(move |ks| async move { ks.cancel_deletion(&n).await })
             .await
     }
@@ -235,10 +273,14 @@ fn item_error(e: KmsError) -> pb::ItemError {
 impl Crypto for KeysService {
     async fn encrypt(&self, req: Request<pb::EncryptRequest>) -> R<pb::EncryptResponse> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
+        let key = name(&r.key)?;
+        self.authz
+            .check(&who, Op::Encrypt, Some(key.as_str()), &cmap(&r.context))?;
         let e = self
             .keystore
-            .encrypt(&name(&r.key)?, &r.plaintext, &context(r.context)?)?;
+            .encrypt(&key, &r.plaintext, &context(r.context)?)?;
         Ok(Response::new(pb::EncryptResponse {
             ciphertext: e.ciphertext,
             key: e.key.to_string(),
@@ -248,7 +290,9 @@ impl Crypto for KeysService {
 
     async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> R<pb::DecryptResponse> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
+        self.check_ciphertext(&who, Op::Decrypt, &r.ciphertext, &r.context)?;
         let d = self.keystore.decrypt(&r.ciphertext, &context(r.context)?)?;
         Ok(Response::new(pb::DecryptResponse {
             // The response must own the bytes; the zeroizing buffer is wiped here.
@@ -260,12 +304,24 @@ impl Crypto for KeysService {
 
     async fn re_encrypt(&self, req: Request<pb::ReEncryptRequest>) -> R<pb::ReEncryptResponse> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
         let dest = if r.destination_key.is_empty() {
             None
         } else {
             Some(name(&r.destination_key)?)
         };
+        let source = self.check_ciphertext(&who, Op::Reencrypt, &r.ciphertext, &r.context)?;
+        // The destination needs the same grant (the source's key if none is named).
+        if let Some(target) = dest.as_ref().or(source.as_ref()) {
+            let dctx = if r.destination_context.is_empty() && !r.replace_context {
+                cmap(&r.context)
+            } else {
+                cmap(&r.destination_context)
+            };
+            self.authz
+                .check(&who, Op::Reencrypt, Some(target.as_str()), &dctx)?;
+        }
         let ctx = context(r.context)?;
         let dest_ctx = if r.destination_context.is_empty() && !r.replace_context {
             ctx.clone()
@@ -289,10 +345,18 @@ impl Crypto for KeysService {
         req: Request<pb::GenerateDataKeyRequest>,
     ) -> R<pb::GenerateDataKeyResponse> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
+        let key = name(&r.key)?;
+        self.authz.check(
+            &who,
+            Op::GenerateDataKey,
+            Some(key.as_str()),
+            &cmap(&r.context),
+        )?;
         let (dk, e) = self
             .keystore
-            .generate_data_key(&name(&r.key)?, &context(r.context)?)?;
+            .generate_data_key(&key, &context(r.context)?)?;
         Ok(Response::new(pb::GenerateDataKeyResponse {
             plaintext: if r.without_plaintext {
                 Vec::new()
@@ -310,6 +374,7 @@ impl Crypto for KeysService {
         req: Request<pb::BatchEncryptRequest>,
     ) -> R<pb::BatchEncryptResponse> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
         self.check_batch(r.items.len())?;
         let key = name(&r.key)?;
@@ -317,7 +382,10 @@ impl Crypto for KeysService {
             .items
             .into_iter()
             .map(|item| {
-                let res = context(item.context)
+                let res = self
+                    .authz
+                    .check(&who, Op::Encrypt, Some(key.as_str()), &cmap(&item.context))
+                    .and_then(|()| context(item.context))
                     .and_then(|c| self.keystore.encrypt(&key, &item.plaintext, &c));
                 pb::BatchEncryptResult {
                     result: Some(match res {
@@ -339,14 +407,17 @@ impl Crypto for KeysService {
         req: Request<pb::BatchDecryptRequest>,
     ) -> R<pb::BatchDecryptResponse> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
         let r = req.into_inner();
         self.check_batch(r.items.len())?;
         let results = r
             .items
             .into_iter()
             .map(|item| {
-                let res =
-                    context(item.context).and_then(|c| self.keystore.decrypt(&item.ciphertext, &c));
+                let res = self
+                    .check_ciphertext(&who, Op::Decrypt, &item.ciphertext, &item.context)
+                    .and_then(|_| context(item.context))
+                    .and_then(|c| self.keystore.decrypt(&item.ciphertext, &c));
                 pb::BatchDecryptResult {
                     result: Some(match res {
                         Ok(d) => pb::batch_decrypt_result::Result::Ok(pb::DecryptResponse {
@@ -367,6 +438,9 @@ impl Crypto for KeysService {
         req: Request<pb::GenerateRandomRequest>,
     ) -> R<pb::GenerateRandomResponse> {
         self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
+        self.authz
+            .check(&who, Op::GenerateRandom, None, &BTreeMap::new())?;
         let n = req.into_inner().length;
         if n == 0 || n > MAX_RANDOM {
             return Err(
@@ -393,6 +467,22 @@ impl KeysService {
             task.await
                 .map_err(|e| KmsError::Internal(format!("key change task failed: {e}")))?,
         )
+    }
+
+    /// Checks `op` on the key a ciphertext names. An unknown key id is left to decryption,
+    /// which refuses it with the opaque authentication error. Returns the key's name.
+    fn check_ciphertext(
+        &self,
+        who: &Principal,
+        op: Op,
+        ciphertext: &[u8],
+        ctx: &std::collections::HashMap<String, String>,
+    ) -> Result<Option<KeyName>, KmsError> {
+        let key = self.keystore.key_name_of(ciphertext);
+        if let Some(k) = &key {
+            self.authz.check(who, op, Some(k.as_str()), &cmap(ctx))?;
+        }
+        Ok(key)
     }
 
     fn check_batch(&self, n: usize) -> Result<(), KmsError> {

@@ -388,12 +388,22 @@ impl Keystore {
         Ok(with_counts(&key))
     }
 
-    /// Keys whose name starts with `prefix`, in name order, after `after` (exclusive).
+    /// The name of the key a ciphertext names in its header (not authenticated: for access
+    /// checks before decryption only), if this KMS holds it.
+    pub fn key_name_of(&self, ciphertext: &[u8]) -> Option<KeyName> {
+        let header = ciphertext::parse_header(ciphertext).ok()?;
+        let cache = self.cache().ok()?;
+        cache.by_id.get(&header.key_id).map(|k| k.meta.name.clone())
+    }
+
+    /// Keys whose name starts with `prefix` and that `visible` accepts, in name order, after
+    /// `after` (exclusive).
     pub fn list(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        visible: impl Fn(&str) -> bool,
     ) -> Result<(Vec<KeyMeta>, Option<String>), KmsError> {
         let cache = self.cache()?;
         let mut names: Vec<&KeyName> = cache
@@ -401,6 +411,7 @@ impl Keystore {
             .keys()
             .filter(|n| n.as_str().starts_with(prefix))
             .filter(|n| after.is_none_or(|a| n.as_str() > a))
+            .filter(|n| visible(n.as_str()))
             .collect();
         names.sort();
         let more = names.len() > limit;

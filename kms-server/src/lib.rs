@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod authz;
 mod config;
 pub mod dev;
 mod error;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+pub use authz::Authz;
 pub use config::{Config, StorageConfig, TlsConfig};
 pub use error::KmsError;
 pub use seal::Seal;
@@ -68,6 +70,7 @@ pub async fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     config: &Config,
+    authz: Arc<Authz>,
     seal: Arc<Seal>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
@@ -78,6 +81,7 @@ pub async fn serve(
             .await
             .map_err(|e| format!("cannot load keys: {e}"))?;
     }
+    let reloader = tokio::spawn(reload_on_sighup(authz.clone()));
     let scheduler = tokio::spawn(run_scheduler(
         keystore.clone(),
         std::time::Duration::from_secs(config.keys.scheduler_interval_secs.max(1)),
@@ -100,7 +104,7 @@ pub async fn serve(
         .map_err(|e| format!("reflection: {e}"))?;
 
     let operator = kms_proto::v1::operator_server::OperatorServer::new(
-        service::OperatorService::new(seal.clone(), keystore.clone(), health),
+        service::OperatorService::new(seal.clone(), keystore.clone(), authz.clone(), health),
     );
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -114,10 +118,13 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(operator)
         .add_service(kms_proto::v1::key_admin_server::KeyAdminServer::new(
-            keys_service::KeysService::new(keystore.clone()),
+            keys_service::KeysService::new(keystore.clone(), authz.clone()),
+        ))
+        .add_service(kms_proto::v1::policy_server::PolicyServer::new(
+            authz::PolicyService::new(authz.clone()),
         ))
         .add_service(kms_proto::v1::crypto_server::CryptoServer::new(
-            keys_service::KeysService::new(keystore.clone()),
+            keys_service::KeysService::new(keystore.clone(), authz.clone()),
         ))
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), signal);
     let grace = async {
@@ -132,9 +139,24 @@ pub async fn serve(
     }
     // Drop every secret before returning.
     scheduler.abort();
+    reloader.abort();
     keystore.clear();
     let _ = seal.seal().await;
     Ok(())
+}
+
+/// Reloads the policies on every SIGHUP; a broken set is refused and logged, the old one
+/// stays in force.
+async fn reload_on_sighup(authz: Arc<Authz>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload policies with `kms-cli policy reload`");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if let Err(e) = authz.reload() {
+            tracing::error!(error = %e, "policy reload refused; the previous policies stay in force");
+        }
+    }
 }
 
 /// Runs due rotations and destructions every `interval` while unsealed.

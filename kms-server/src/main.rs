@@ -86,6 +86,8 @@ async fn run(path: PathBuf) -> Result<(), String> {
     let config = kms_server::Config::load(&path)?;
     // Check the TLS files before touching storage or announcing anything.
     let tls = kms_server::load_tls(&config)?;
+    // A broken policy set stops the server here, naming the file and line.
+    let authz = std::sync::Arc::new(kms_server::Authz::load(&config.policies)?);
     let seal = kms_server::open_seal(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -101,5 +103,13 @@ async fn run(path: PathBuf) -> Result<(), String> {
     };
     // Tests and scripts wait for this line.
     println!("kms-server listening on {addr} ({state})");
-    kms_server::serve(listener, tls, &config, seal, kms_server::shutdown_signal()).await
+    kms_server::serve(
+        listener,
+        tls,
+        &config,
+        authz,
+        seal,
+        kms_server::shutdown_signal(),
+    )
+    .await
 }

@@ -14,12 +14,19 @@ use tonic_health::server::HealthReporter;
 use zeroize::Zeroize;
 
 use crate::error::KmsError;
+use std::collections::BTreeMap;
+
+use kms_core::policy::Operation as Op;
+
+use crate::authz::Authz;
 use crate::keystore::Keystore;
+use crate::principal;
 use crate::seal::{NewShares, Seal, SealStatus};
 
 pub struct OperatorService {
     seal: Arc<Seal>,
     keystore: Arc<Keystore>,
+    authz: Arc<Authz>,
     health: HealthReporter,
 }
 
@@ -43,12 +50,25 @@ pub async fn publish_health(health: &HealthReporter, sealed: bool) {
 }
 
 impl OperatorService {
-    pub fn new(seal: Arc<Seal>, keystore: Arc<Keystore>, health: HealthReporter) -> Self {
+    pub fn new(
+        seal: Arc<Seal>,
+        keystore: Arc<Keystore>,
+        authz: Arc<Authz>,
+        health: HealthReporter,
+    ) -> Self {
         Self {
             seal,
             keystore,
+            authz,
             health,
         }
+    }
+
+    /// Init, Unseal and Status need no grant (before init there are no keys; a share is its
+    /// own authority); Seal, Rekey and RotateBarrier do.
+    fn allow<T>(&self, req: &Request<T>, op: Op) -> Result<(), KmsError> {
+        let who = principal::of(req)?;
+        self.authz.check(&who, op, None, &BTreeMap::new())
     }
 
     /// After an unseal completes, loads the keys; if they cannot be loaded the KMS seals
@@ -141,7 +161,8 @@ impl Operator for OperatorService {
         Ok(self.answer(status).await)
     }
 
-    async fn seal(&self, _req: Request<SealRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn seal(&self, req: Request<SealRequest>) -> Result<Response<StatusResponse>, Status> {
+        self.allow(&req, Op::Seal)?;
         // Clear before and after: a key load racing with this Seal cannot install its keys
         // (load checks the keystore's epoch), and nothing loaded in between survives.
         self.keystore.clear();
@@ -158,6 +179,7 @@ impl Operator for OperatorService {
     }
 
     async fn rekey(&self, req: Request<RekeyRequest>) -> Result<Response<RekeyResponse>, Status> {
+        self.allow(&req, Op::Rekey)?;
         let mut r = req.into_inner();
         let result = self
             .seal
@@ -175,8 +197,9 @@ impl Operator for OperatorService {
 
     async fn rotate_barrier(
         &self,
-        _req: Request<RotateBarrierRequest>,
+        req: Request<RotateBarrierRequest>,
     ) -> Result<Response<RotateBarrierResponse>, Status> {
+        self.allow(&req, Op::RotateBarrier)?;
         let (term, terms) = self.seal.rotate_barrier().await?;
         Ok(Response::new(RotateBarrierResponse { term, terms }))
     }

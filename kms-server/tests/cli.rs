@@ -148,6 +148,7 @@ fn unknown_key_is_named() {
     let path = write_config(
         dir.path(),
         r#"lisen = "127.0.0.1:0"
+policies = "policies"
 
 [tls]
 cert = "server.pem"
@@ -182,6 +183,7 @@ fn example_config_loads() {
     match &config.storage {
         StorageConfig::Sled { path } => assert_eq!(path, Path::new("/var/lib/kms/data")),
     }
+    assert_eq!(config.policies, Path::new("/etc/kms/policies"));
 }
 
 /// Config with listen 127.0.0.1:0, a fresh sled directory and TLS files that do not exist.
@@ -189,6 +191,7 @@ fn config_without_tls_files(dir: &Path) -> PathBuf {
     write_config(
         dir,
         r#"listen = "127.0.0.1:0"
+policies = "policies"
 
 [tls]
 cert = "missing-server.pem"

@@ -93,6 +93,7 @@ impl Installation {
         let root = tempfile::tempdir().unwrap();
         let pki = Pki::generate(&root.path().join("tls"));
         let config = r#"listen = "127.0.0.1:0"
+policies = "policies"
 [tls]
 cert = "tls/server.pem"
 key = "tls/server-key.pem"
@@ -103,6 +104,9 @@ backend = "sled"
 path = "data"
 "#;
         std::fs::write(root.path().join("config.toml"), format!("{config}{extra}")).unwrap();
+        let policies = root.path().join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(policies.join("test.toml"), TEST_POLICY).unwrap();
         Self { root, pki }
     }
 
@@ -245,6 +249,19 @@ pub fn cli_json(out: &Output) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The test operator may do everything; `other` and `revoked` get nothing (default deny).
+pub const TEST_POLICY: &str = r#"
+[[rule]]
+id = "test-operator-all"
+effect = "allow"
+principals = ["spiffe://kms.test/operator"]
+operations = ["encrypt", "decrypt", "reencrypt", "generate-data-key", "generate-random",
+  "create", "read", "list", "rotate", "configure", "disable", "enable", "revoke",
+  "schedule-deletion", "cancel-deletion", "seal", "rekey", "rotate-barrier",
+  "policy-read", "policy-reload", "audit-read"]
+keys = ["**"]
+"#;
 
 /// Test settings for the key lifecycle: zero-day deletion allowed, scheduler every second.
 pub const FAST_LIFECYCLE: &str =
