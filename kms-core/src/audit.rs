@@ -689,4 +689,60 @@ mod tests {
             "{line}"
         );
     }
+
+    /// The example in `docs/audit-format.md`, frozen: the exact bytes, hashes and HMAC.
+    #[test]
+    fn frozen_example_from_the_docs() {
+        let key = AuditKey::from_secret(Secret32::from_bytes([7; 32]));
+        let mut context = BTreeMap::new();
+        context.insert("tenant".to_string(), "acme".to_string());
+        let mut chain = Chain::genesis();
+        let first = chain.append(Record {
+            seq: 0,
+            time: "2026-11-28T04:00:00.123Z".into(),
+            request_id: "3f2a9c1e-0b7d-4e51-9a86-1c2d3e4f5a6b".into(),
+            node: "kms-1".into(),
+            principal: "spiffe://example.org/payments".into(),
+            peer: "10.0.0.7:51544".into(),
+            operation: "encrypt".into(),
+            key: Some("payments/cards".into()),
+            version: Some(3),
+            outcome: "ok".into(),
+            code: "OK".into(),
+            error: None,
+            context_hmac: context_hmacs(&key, &context),
+            prev: String::new(),
+        });
+        let second = chain.append(Record {
+            seq: 0,
+            time: "2026-11-28T04:00:00.140Z".into(),
+            request_id: "7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f".into(),
+            node: "kms-1".into(),
+            principal: "spiffe://example.org/billing".into(),
+            peer: "10.0.0.9:40112".into(),
+            operation: "decrypt".into(),
+            key: Some("payments/cards".into()),
+            version: None,
+            outcome: "denied".into(),
+            code: "PERMISSION_DENIED".into(),
+            error: Some("not allowed: decrypt on payments/cards".into()),
+            context_hmac: BTreeMap::new(),
+            prev: String::new(),
+        });
+        assert_eq!(
+            first,
+            r#"{"seq":1,"time":"2026-11-28T04:00:00.123Z","request_id":"3f2a9c1e-0b7d-4e51-9a86-1c2d3e4f5a6b","node":"kms-1","principal":"spiffe://example.org/payments","peer":"10.0.0.7:51544","operation":"encrypt","key":"payments/cards","version":3,"outcome":"ok","code":"OK","error":null,"context_hmac":{"tenant":"e076aedd171f85a41eda61e73b47ff6f4cda099368f46d8b6d919a1d81e24ad3"},"prev":"0000000000000000000000000000000000000000000000000000000000000000"}"#
+        );
+        assert_eq!(
+            second,
+            r#"{"seq":2,"time":"2026-11-28T04:00:00.140Z","request_id":"7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f","node":"kms-1","principal":"spiffe://example.org/billing","peer":"10.0.0.9:40112","operation":"decrypt","key":"payments/cards","version":null,"outcome":"denied","code":"PERMISSION_DENIED","error":"not allowed: decrypt on payments/cards","context_hmac":{},"prev":"91c374993fe025e9390031e433657334fdcf7056f4357dbd39dddc80813f7726"}"#
+        );
+        assert_eq!(
+            chain.head(),
+            Head {
+                seq: 2,
+                hash: "9a9bccc4712206880863050224bef2544acbe351aac6f8db207be0f1ddc36513".into()
+            }
+        );
+    }
 }

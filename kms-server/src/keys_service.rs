@@ -174,6 +174,7 @@ impl KeyAdmin for KeysService {
             n => n.min(MAX_PAGE),
         };
         let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        self.authz.check(&who, Op::List, None, &BTreeMap::new())?;
         // Only the keys this principal may list are shown (and counted for paging).
         let (keys, next) = self.keystore.list(&r.prefix, after, size as usize, |n| {
             self.authz.allows(&who, Op::List, n)

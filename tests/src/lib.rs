@@ -48,6 +48,26 @@ impl Pki {
                     uri: "spiffe://kms.test/other",
                 },
                 ClientSpec {
+                    name: "admin",
+                    common_name: "admin",
+                    uri: "spiffe://kms.dev/admin",
+                },
+                ClientSpec {
+                    name: "service",
+                    common_name: "service",
+                    uri: "spiffe://kms.dev/service",
+                },
+                ClientSpec {
+                    name: "auditor",
+                    common_name: "auditor",
+                    uri: "spiffe://kms.dev/auditor",
+                },
+                ClientSpec {
+                    name: "officer",
+                    common_name: "officer",
+                    uri: "spiffe://kms.dev/officer",
+                },
+                ClientSpec {
                     name: "revoked",
                     common_name: "test-revoked",
                     uri: "spiffe://kms.test/revoked",
@@ -108,6 +128,24 @@ path = "data"
         std::fs::create_dir_all(&policies).unwrap();
         std::fs::write(policies.join("test.toml"), TEST_POLICY).unwrap();
         Self { root, pki }
+    }
+
+    /// Replaces the test policy with the repository's example policies (`policies/`).
+    pub fn use_example_policies(&self) {
+        let dir = self.root.path().join("policies");
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        for e in std::fs::read_dir(examples).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+
+    pub fn policies_dir(&self) -> PathBuf {
+        self.root.path().join("policies")
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -183,6 +221,13 @@ impl Server {
             client_key: client.key.clone(),
             server_name: Some("localhost".into()),
         }
+    }
+
+    /// A client connected with the certificate `name` of the installation's PKI.
+    pub async fn client_as(&self, pki: &Pki, name: &str) -> Client {
+        Client::connect(&self.options(&pki.client(name)))
+            .await
+            .unwrap()
     }
 
     /// A connected client with the default test client certificate.
