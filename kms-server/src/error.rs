@@ -17,6 +17,8 @@ pub enum KmsError {
     AlreadyExists(String),
     #[error("{0}")]
     PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("kms is not initialised: run `kms-cli operator init --shares N --threshold T`")]
     NotInitialized,
     #[error(
@@ -96,6 +98,7 @@ impl From<KmsError> for tonic::Status {
             KmsError::NotFound(_) => tonic::Status::not_found(msg),
             KmsError::AlreadyExists(_) => tonic::Status::already_exists(msg),
             KmsError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
+            KmsError::ResourceExhausted(_) => tonic::Status::resource_exhausted(msg),
             KmsError::NotInitialized | KmsError::FailedPrecondition(_) => {
                 tonic::Status::failed_precondition(msg)
             }

@@ -19,6 +19,16 @@ pub struct Principal {
     pub peer: String,
 }
 
+impl Principal {
+    /// The peer's IP address, if known.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        self.peer
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+    }
+}
+
 /// Extracts the principal from a request that came over the mTLS listener.
 pub fn of<T>(req: &Request<T>) -> Result<Principal, KmsError> {
     let info = req

@@ -14,7 +14,9 @@ use tonic_health::server::HealthReporter;
 use zeroize::Zeroize;
 
 use crate::error::KmsError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use kms_core::policy::Operation as Op;
 
@@ -28,6 +30,53 @@ pub struct OperatorService {
     keystore: Arc<Keystore>,
     authz: Arc<Authz>,
     health: HealthReporter,
+    limiter: UnsealLimiter,
+}
+
+/// Invalid shares in a row from one address before it is locked out.
+const UNSEAL_MAX_FAILURES: u32 = 5;
+/// How long an address is locked out after too many invalid shares.
+const UNSEAL_LOCKOUT: Duration = Duration::from_secs(60);
+
+/// Rate limit on Unseal per peer address: after [`UNSEAL_MAX_FAILURES`] invalid shares in a
+/// row, the address is refused for [`UNSEAL_LOCKOUT`] (SNC 9.5.b). A valid share resets it.
+#[derive(Default)]
+struct UnsealLimiter {
+    peers: std::sync::Mutex<HashMap<Option<IpAddr>, (u32, Option<Instant>)>>,
+}
+
+impl UnsealLimiter {
+    fn check(&self, peer: Option<IpAddr>) -> Result<(), KmsError> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, Some(until))) = peers.get(&peer) {
+            let now = Instant::now();
+            if now < *until {
+                return Err(KmsError::ResourceExhausted(format!(
+                    "too many invalid shares from this address: unseal refused for {} s more",
+                    (*until - now).as_secs() + 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn failed(&self, peer: Option<IpAddr>) {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = peers.entry(peer).or_insert((0, None));
+        entry.0 += 1;
+        if entry.0 >= UNSEAL_MAX_FAILURES {
+            entry.1 = Some(Instant::now() + UNSEAL_LOCKOUT);
+            entry.0 = 0;
+            tracing::warn!(?peer, "unseal locked out after repeated invalid shares");
+        }
+    }
+
+    fn succeeded(&self, peer: Option<IpAddr>) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&peer);
+    }
 }
 
 /// The services that need the KMS unsealed; health reports them NOT_SERVING while sealed.
@@ -61,6 +110,7 @@ impl OperatorService {
             keystore,
             authz,
             health,
+            limiter: UnsealLimiter::default(),
         }
     }
 
@@ -140,14 +190,21 @@ impl Operator for OperatorService {
         &self,
         req: Request<UnsealRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        let peer = principal::of(&req)?.peer_ip();
         let status = match req.into_inner().action {
             Some(unseal_request::Action::Share(mut share)) => {
+                self.limiter.check(peer)?;
                 let result = match self.seal.unseal(&share).await {
                     Ok(s) => self.after_unseal(s).await,
                     Err(e) => Err(e),
                 };
                 // The decoded request is a plain String: wipe it once used.
                 share.zeroize();
+                match &result {
+                    Err(KmsError::InvalidArgument(_)) => self.limiter.failed(peer),
+                    Ok(_) => self.limiter.succeeded(peer),
+                    Err(_) => {}
+                }
                 result?
             }
             Some(unseal_request::Action::Reset(true)) => self.seal.reset().await?,
