@@ -42,8 +42,11 @@ const UNSEAL_LOCKOUT: Duration = Duration::from_secs(60);
 /// row, the address is refused for [`UNSEAL_LOCKOUT`] (SNC 9.5.b). A valid share resets it.
 #[derive(Default)]
 struct UnsealLimiter {
-    peers: std::sync::Mutex<HashMap<Option<IpAddr>, (u32, Option<Instant>)>>,
+    /// Per peer: invalid shares in a row, and the end of its lockout if locked.
+    peers: std::sync::Mutex<HashMap<Option<IpAddr>, PeerFailures>>,
 }
+
+type PeerFailures = (u32, Option<Instant>);
 
 impl UnsealLimiter {
     fn check(&self, peer: Option<IpAddr>) -> Result<(), KmsError> {
