@@ -22,6 +22,7 @@ mod envelope;
 mod keys;
 mod operator;
 mod output;
+mod policy;
 
 use output::Format;
 
@@ -93,6 +94,9 @@ enum Command {
     /// Audit log tools: verify log files offline (no connection).
     #[command(subcommand)]
     Audit(audit::Audit),
+    /// Access policies: reload them on the server; check or list them offline.
+    #[command(subcommand)]
+    Policy(policy::Policy),
 }
 
 /// A CLI failure: a one-line message with what to do next, and an exit code.
@@ -184,6 +188,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Envelope(cmd) => envelope::run(cmd, &cli.conn, cli.format).await,
         // Offline: reads files only, never connects.
         Command::Audit(cmd) => audit::run(cmd, cli.format),
+        Command::Policy(cmd) => policy::run(cmd, &cli.conn, cli.format).await,
     }
 }
 

@@ -584,6 +584,29 @@ impl PolicySet {
         &self.separation
     }
 
+    /// Reads every `*.toml` file of `dir`, in name order, and parses them as one set.
+    /// Errors name the file and line (or the directory if it cannot be read).
+    pub fn load_dir(dir: &std::path::Path) -> Result<PolicySet, String> {
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| format!("cannot read policies directory {}: {e}", dir.display()))?;
+        let mut paths: Vec<std::path::PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        paths.sort();
+        let mut files = Vec::with_capacity(paths.len());
+        for p in &paths {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read policy file {}: {e}", p.display()))?;
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push((name, text));
+        }
+        PolicySet::parse(&files).map_err(|e| format!("policies in {}: {e}", dir.display()))
+    }
+
     /// The rules (allow and deny) that apply to this identity: "all rights of this user".
     pub fn rules_for_principal<'s>(&'s self, principal: &'s str) -> impl Iterator<Item = &'s Rule> {
         self.rules

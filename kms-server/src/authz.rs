@@ -16,27 +16,9 @@ pub struct Authz {
     current: RwLock<Arc<PolicySet>>,
 }
 
-/// Reads every `*.toml` file of `dir`, in name order, and parses them as one policy set.
-/// Errors name the file and line.
+/// Reads the policies directory (see [`PolicySet::load_dir`]).
 pub fn read_dir(dir: &Path) -> Result<PolicySet, String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read policies directory {}: {e}", dir.display()))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
-    let mut files = Vec::with_capacity(paths.len());
-    for p in &paths {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| format!("cannot read policy file {}: {e}", p.display()))?;
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        files.push((name, text));
-    }
-    PolicySet::parse(&files).map_err(|e| format!("policies in {}: {e}", dir.display()))
+    PolicySet::load_dir(dir)
 }
 
 impl Authz {

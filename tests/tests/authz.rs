@@ -229,6 +229,17 @@ async fn reload_keeps_old_policies_on_error_and_applies_new_grants() {
         s.message()
     );
     assert_eq!(create(&other, "k2").await.map(drop), DENIED);
+    // The same refusal through the CLI: exit 1, one line naming the problem.
+    let out = server.cli(&["policy", "reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("separation of duties"));
+    std::fs::remove_file(dir.join("sod.toml")).unwrap();
+    let out = server.cli(&["policy", "reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The reload RPC itself needs a grant.
     assert_eq!(code(reload(&other).await).map(drop), DENIED);
 }
