@@ -18,6 +18,27 @@ pub struct Config {
     /// Limits and lifecycle settings of keys; every field has a default.
     #[serde(default)]
     pub keys: crate::keystore::KeySettings,
+    /// The audit log; defaults to `audit.log` beside the config file.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The JSON Lines audit log (hash-chained; see docs/audit-format.md).
+    pub path: PathBuf,
+    /// This node's name in every record.
+    pub node: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("audit.log"),
+            node: "kms-1".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +81,7 @@ impl Config {
         resolve(&mut config.tls.key);
         resolve(&mut config.tls.client_ca);
         resolve(&mut config.policies);
+        resolve(&mut config.audit.path);
         if let Some(crl) = &mut config.tls.crl {
             resolve(crl);
         }

@@ -80,6 +80,10 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
             path: data_dir.join("data"),
         },
         policies,
+        audit: crate::config::AuditConfig {
+            path: data_dir.join("audit.log"),
+            node: "dev".into(),
+        },
         // Dev mode may lower the deletion waiting period to zero days, to try the lifecycle.
         keys: crate::keystore::KeySettings {
             min_deletion_waiting_days: 0,
@@ -88,6 +92,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
         },
     };
     let tls = crate::load_tls(&config)?;
+    let sink = crate::open_audit(&config)?;
     let seal = crate::open_seal(&config).await?;
     let share_path = data_dir.join(SHARE_FILE);
     if !seal.status().await.initialized {
@@ -126,6 +131,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
         tls,
         &config,
         authz,
+        sink,
         seal,
         crate::shutdown_signal(),
     )

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit_sink;
 mod authz;
 mod config;
 pub mod dev;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use authz::Authz;
-pub use config::{Config, StorageConfig, TlsConfig};
+pub use config::{AuditConfig, Config, StorageConfig, TlsConfig};
 pub use error::KmsError;
 pub use seal::Seal;
 
@@ -43,6 +44,12 @@ pub fn load_tls(config: &Config) -> Result<rustls::ServerConfig, String> {
         &config.tls.client_ca,
         config.tls.crl.as_deref(),
     )
+}
+
+/// Opens the configured audit log (before anything is served: a log that cannot be opened
+/// stops the server).
+pub fn open_audit(config: &Config) -> Result<Arc<audit_sink::AuditSink>, String> {
+    audit_sink::AuditSink::open(&config.audit.path, &config.audit.node).map(Arc::new)
 }
 
 /// Opens the configured storage and loads the seal configuration (sealed).
@@ -71,6 +78,7 @@ pub async fn serve(
     tls: rustls::ServerConfig,
     config: &Config,
     authz: Arc<Authz>,
+    sink: Arc<audit_sink::AuditSink>,
     seal: Arc<Seal>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
@@ -113,6 +121,7 @@ pub async fn serve(
         let _ = stopping_tx.send(());
     };
     let server = tonic::transport::Server::builder()
+        .layer(audit_sink::AuditLayer::new(sink))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -88,6 +88,7 @@ async fn run(path: PathBuf) -> Result<(), String> {
     let tls = kms_server::load_tls(&config)?;
     // A broken policy set stops the server here, naming the file and line.
     let authz = std::sync::Arc::new(kms_server::Authz::load(&config.policies)?);
+    let sink = kms_server::open_audit(&config)?;
     let seal = kms_server::open_seal(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -108,6 +109,7 @@ async fn run(path: PathBuf) -> Result<(), String> {
         tls,
         &config,
         authz,
+        sink,
         seal,
         kms_server::shutdown_signal(),
     )

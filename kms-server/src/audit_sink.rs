@@ -1,0 +1,317 @@
+//! The audit sink: one hash-chained JSON line per request (format in `docs/audit-format.md`),
+//! written and fsynced before the response leaves; if it cannot be written the request is
+//! refused (fail closed).
+//!
+//! Implemented as a tower layer around every gRPC service, so denied and failed calls are
+//! recorded like successful ones. What it records: time, sequence, request id, node,
+//! principal, peer, operation (the gRPC method), outcome and status code. Never a request or
+//! response body: no plaintext, data key, share or key material can reach the log.
+//! Not yet recorded: the key name and version of each call, and HMACs of context values.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kms_core::audit::{Chain, GENESIS_PREV, Record};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+/// The open log and the chain state.
+pub struct AuditSink {
+    path: PathBuf,
+    node: String,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// None after a failed write: the next request reopens the path or is refused.
+    file: Option<(File, u64)>,
+    chain: Chain,
+    next_request: u64,
+}
+
+impl AuditSink {
+    /// Opens (or creates) the log at `path` and resumes its chain from the last complete
+    /// line. A torn last line (a crash mid-write, never acknowledged) is cut off.
+    pub fn open(path: &Path, node: &str) -> Result<Self, String> {
+        let (file, ino, chain) = open_and_resume(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            node: node.to_string(),
+            state: Mutex::new(State {
+                file: Some((file, ino)),
+                chain,
+                next_request: 0,
+            }),
+        })
+    }
+
+    /// Checks that the log can take a record: its path is still the file we hold (reopened
+    /// if it was replaced or after a failed write). Called before a request runs.
+    fn available(&self) -> Result<(), String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let current = std::fs::metadata(&self.path).ok().filter(|m| m.is_file());
+        let same = match (&st.file, &current) {
+            (Some((_, ino)), Some(m)) => m.ino() == *ino,
+            _ => false,
+        };
+        if !same {
+            let (file, ino, chain) = open_and_resume(&self.path)?;
+            st.file = Some((file, ino));
+            st.chain = chain;
+            tracing::warn!(path = %self.path.display(), "audit log reopened");
+        }
+        Ok(())
+    }
+
+    /// Appends one record and makes it durable.
+    fn write(&self, mut record: Record) -> Result<(), String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let State { file, chain, .. } = &mut *st;
+        let Some((f, _)) = file.as_mut() else {
+            return Err("audit log is not open".into());
+        };
+        record.node = self.node.clone();
+        let mut next = chain.clone();
+        let line = next.append(record);
+        let result = f
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| f.sync_data());
+        match result {
+            Ok(()) => {
+                *chain = next;
+                Ok(())
+            }
+            Err(e) => {
+                // The file may now end with a partial line: reopen (and cut it) next time.
+                *file = None;
+                Err(format!(
+                    "cannot write the audit log {}: {e}",
+                    self.path.display()
+                ))
+            }
+        }
+    }
+
+    fn request_id(&self) -> String {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.next_request += 1;
+        format!("{}-{}", self.node, st.next_request)
+    }
+}
+
+fn open_and_resume(path: &Path) -> Result<(File, u64, Chain), String> {
+    let err = |e: std::io::Error| format!("cannot open the audit log {}: {e}", path.display());
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(err)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(err)?;
+    // Everything after the last newline is a torn, unacknowledged record: cut it.
+    let complete = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    if complete < text.len() {
+        file.set_len(complete as u64).map_err(err)?;
+        file.seek(SeekFrom::End(0)).map_err(err)?;
+        file.sync_data().map_err(err)?;
+    }
+    let chain = match text[..complete].lines().last() {
+        Some(last) => Chain::resume(last).map_err(|e| {
+            format!(
+                "audit log {} does not end in a valid record: {e}",
+                path.display()
+            )
+        })?,
+        None => Chain::genesis(),
+    };
+    let ino = file.metadata().map_err(err)?.ino();
+    Ok((file, ino, chain))
+}
+
+/// RFC 3339 UTC with milliseconds.
+fn now_rfc3339() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = kms_core::key::fmt_utc(now.as_secs());
+    // "YYYY-MM-DDTHH:MM:SSZ" → insert the milliseconds before the Z.
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), now.subsec_millis())
+}
+
+/// The tower layer that audits every call to the wrapped services.
+#[derive(Clone)]
+pub struct AuditLayer {
+    sink: Arc<AuditSink>,
+}
+
+impl AuditLayer {
+    pub fn new(sink: Arc<AuditSink>) -> Self {
+        Self { sink }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuditLayer {
+    type Service = Audited<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Audited {
+            inner,
+            sink: self.sink.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Audited<S> {
+    inner: S,
+    sink: Arc<AuditSink>,
+}
+
+/// Health checks and reflection are not security-relevant and would flood the log.
+fn audited(path: &str) -> bool {
+    path.starts_with("/kms.v1.")
+}
+
+/// "/kms.v1.Crypto/GenerateDataKey" → "generate-data-key".
+fn operation_of(path: &str) -> String {
+    let method = path.rsplit('/').next().unwrap_or(path);
+    let mut out = String::new();
+    for (i, ch) in method.chars().enumerate() {
+        if ch.is_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(ch.to_ascii_lowercase());
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+fn code_name(code: tonic::Code) -> String {
+    let s = format!("{code:?}");
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if ch.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_uppercase());
+    }
+    out
+}
+
+impl<S> tonic::codegen::Service<http::Request<Body>> for Audited<S>
+where
+    S: tonic::codegen::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // The clone is not ready; use the ready one and leave the clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let sink = self.sink.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_string();
+            if !audited(&path) {
+                return inner.call(req).await;
+            }
+            let time = now_rfc3339();
+            let request_id = sink.request_id();
+            let (principal, peer) = match req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() {
+                Some(info) => (
+                    info.peer_certs()
+                        .and_then(|c| {
+                            c.first()
+                                .and_then(|c| crate::principal::name_of(c.as_ref()).ok())
+                        })
+                        .unwrap_or_default(),
+                    info.get_ref()
+                        .remote_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                ),
+                None => (String::new(), String::new()),
+            };
+            // Fail closed: a request runs only if its record can be written.
+            if let Err(e) = sink.available() {
+                tracing::error!(error = %e, "audit unavailable; refusing the request");
+                return Ok(tonic::Status::unavailable("audit unavailable: the request was not run; the operators must restore the audit log").into_http());
+            }
+            let resp = inner.call(req).await?;
+            let code = resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map(tonic::Code::from_i32)
+                .unwrap_or(tonic::Code::Ok);
+            let outcome = match code {
+                tonic::Code::Ok => "ok",
+                tonic::Code::PermissionDenied => "denied",
+                _ => "error",
+            };
+            let record = Record {
+                seq: 0,
+                time,
+                request_id,
+                node: String::new(),
+                principal,
+                peer,
+                operation: operation_of(&path),
+                key: None,
+                version: None,
+                outcome: outcome.into(),
+                code: code_name(code),
+                error: None,
+                context_hmac: Default::default(),
+                prev: GENESIS_PREV.to_string(),
+            };
+            if let Err(e) = sink.write(record) {
+                tracing::error!(error = %e, "audit record not written; refusing the response");
+                return Ok(tonic::Status::unavailable("audit unavailable: the outcome could not be recorded; check the operation's effect before retrying").into_http());
+            }
+            Ok(resp)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            operation_of("/kms.v1.Crypto/GenerateDataKey"),
+            "generate-data-key"
+        );
+        assert_eq!(operation_of("/kms.v1.Operator/Unseal"), "unseal");
+        assert_eq!(
+            code_name(tonic::Code::PermissionDenied),
+            "PERMISSION_DENIED"
+        );
+        assert!(now_rfc3339().ends_with('Z') && now_rfc3339().contains('.'));
+    }
+}
