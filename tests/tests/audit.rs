@@ -88,7 +88,7 @@ async fn every_call_is_recorded_and_no_secret_is() {
     let failed = recs
         .iter()
         .filter(|r| r["operation"] == "decrypt")
-        .last()
+        .next_back()
         .unwrap();
     assert_eq!(
         (failed["outcome"].as_str(), failed["code"].as_str()),
