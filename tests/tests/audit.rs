@@ -85,11 +85,7 @@ async fn every_call_is_recorded_and_no_secret_is() {
         .unwrap();
     assert_eq!(denied["principal"], "spiffe://kms.test/other");
     assert_eq!(denied["code"], "PERMISSION_DENIED");
-    let failed = recs
-        .iter()
-        .filter(|r| r["operation"] == "decrypt")
-        .next_back()
-        .unwrap();
+    let failed = recs.iter().rfind(|r| r["operation"] == "decrypt").unwrap();
     assert_eq!(
         (failed["outcome"].as_str(), failed["code"].as_str()),
         (Some("error"), Some("INVALID_ARGUMENT"))
