@@ -20,6 +20,7 @@ mod audit;
 mod crypto;
 mod envelope;
 mod keys;
+mod mfa;
 mod operator;
 mod output;
 mod policy;
@@ -76,6 +77,9 @@ pub(crate) struct Conn {
     /// TLS name to verify in the server certificate, if not the host of --addr.
     #[arg(long, global = true, env = "KMS_TLS_SERVER_NAME", value_name = "NAME")]
     server_name: Option<String>,
+    /// The current TOTP code, for operations a policy protects with MFA.
+    #[arg(long, global = true, value_name = "CODE")]
+    totp: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -97,6 +101,9 @@ enum Command {
     /// Access policies: reload them on the server; check or list them offline.
     #[command(subcommand)]
     Policy(policy::Policy),
+    /// Second factor (TOTP) for operations a policy protects with `mfa = true`.
+    #[command(subcommand)]
+    Mfa(mfa::Mfa),
 }
 
 /// A CLI failure: a one-line message with what to do next, and an exit code.
@@ -189,6 +196,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         // Offline: reads files only, never connects.
         Command::Audit(cmd) => audit::run(cmd, cli.format),
         Command::Policy(cmd) => policy::run(cmd, &cli.conn, cli.format).await,
+        Command::Mfa(cmd) => mfa::run(cmd, &cli.conn, cli.format).await,
     }
 }
 
@@ -197,7 +205,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 /// Returns: `usage` (2) if a setting is missing or a certificate file unreadable, the
 /// connect failure (3) if no TLS connection to the server could be made.
 pub(crate) async fn connect(conn: &Conn) -> Result<Client, Failure> {
-    Ok(Client::connect(&options(conn)?).await?)
+    let client = Client::connect(&options(conn)?).await?;
+    match &conn.totp {
+        Some(code) => Ok(client.with_totp(code)?),
+        None => Ok(client),
+    }
 }
 
 fn options(conn: &Conn) -> Result<ConnectOptions, Failure> {

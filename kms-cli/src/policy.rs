@@ -70,10 +70,7 @@ pub(crate) async fn run(cmd: Policy, conn: &Conn, fmt: Format) -> Result<(), Fai
         Policy::Reload => {
             let client = crate::connect(conn).await?;
             let r = client
-                .call(
-                    pb::policy_client::PolicyClient::new(client.channel())
-                        .reload(pb::ReloadPoliciesRequest {}),
-                )
+                .call(client.policy().reload(pb::ReloadPoliciesRequest {}))
                 .await?;
             match fmt {
                 Format::Json => output::json(&json!({"rules": r.rules})),

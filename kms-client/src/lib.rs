@@ -106,7 +106,25 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, ClientError> {
 pub struct Client {
     channel: Channel,
     addr: String,
+    totp: Totp,
 }
+
+/// Adds the TOTP code, when set, to every request (header `x-kms-totp`), for policy rules
+/// that require a second factor.
+#[derive(Clone, Default)]
+pub struct Totp(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Totp {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(code) = &self.0 {
+            req.metadata_mut().insert("x-kms-totp", code.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// The channel as the generated clients see it: with the TOTP header added.
+pub type Svc = tonic::service::interceptor::InterceptedService<Channel, Totp>;
 
 impl Client {
     /// Connects with mTLS and completes the TLS handshake before returning.
@@ -150,7 +168,11 @@ impl Client {
             .connect()
             .await
             .map_err(|e| connect_err(error_chain(&e)))?;
-        Ok(Self { channel, addr })
+        Ok(Self {
+            channel,
+            addr,
+            totp: Totp::default(),
+        })
     }
 
     /// The underlying channel, for services without a typed wrapper here (health, reflection).
@@ -171,14 +193,39 @@ impl Client {
         }
     }
 
+    /// The same connection, sending `code` as the TOTP second factor with every request.
+    pub fn with_totp(&self, code: &str) -> Result<Client, ClientError> {
+        let value = code
+            .trim()
+            .parse()
+            .map_err(|_| ClientError::Config("the TOTP code must be ASCII digits".into()))?;
+        Ok(Client {
+            totp: Totp(Some(value)),
+            ..self.clone()
+        })
+    }
+
     /// The generated `KeyAdmin` client; pair it with [`Client::call`] for error mapping.
-    pub fn key_admin(&self) -> KeyAdminClient<Channel> {
-        KeyAdminClient::new(self.channel.clone())
+    pub fn key_admin(&self) -> KeyAdminClient<Svc> {
+        KeyAdminClient::with_interceptor(self.channel.clone(), self.totp.clone())
     }
 
     /// The generated `Crypto` client; pair it with [`Client::call`] for error mapping.
-    pub fn crypto(&self) -> CryptoClient<Channel> {
-        CryptoClient::new(self.channel.clone())
+    pub fn crypto(&self) -> CryptoClient<Svc> {
+        CryptoClient::with_interceptor(self.channel.clone(), self.totp.clone())
+    }
+
+    /// The generated `Policy` client.
+    pub fn policy(&self) -> proto::policy_client::PolicyClient<Svc> {
+        proto::policy_client::PolicyClient::with_interceptor(
+            self.channel.clone(),
+            self.totp.clone(),
+        )
+    }
+
+    /// The generated `Mfa` client.
+    pub fn mfa(&self) -> proto::mfa_client::MfaClient<Svc> {
+        proto::mfa_client::MfaClient::with_interceptor(self.channel.clone(), self.totp.clone())
     }
 
     /// Awaits a generated-client call and maps its error like every typed call here.
@@ -233,8 +280,8 @@ impl Client {
         self.call(self.crypto().generate_data_key(req)).await
     }
 
-    fn operator(&self) -> OperatorClient<Channel> {
-        OperatorClient::new(self.channel.clone())
+    fn operator(&self) -> OperatorClient<Svc> {
+        OperatorClient::with_interceptor(self.channel.clone(), self.totp.clone())
     }
 
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {

@@ -20,6 +20,7 @@ pub mod keyname;
 pub mod policy;
 mod secret;
 pub mod shares;
+pub mod totp;
 
 pub use secret::Secret32;
 

@@ -14,6 +14,8 @@ use crate::principal::Principal;
 pub struct Authz {
     dir: PathBuf,
     current: RwLock<Arc<PolicySet>>,
+    /// Verifies the second factor for `mfa = true` rules (set once the server is built).
+    mfa: std::sync::OnceLock<Arc<crate::mfa::Mfa>>,
 }
 
 /// Reads the policies directory (see [`PolicySet::load_dir`]).
@@ -28,7 +30,13 @@ impl Authz {
         Ok(Self {
             dir: dir.to_path_buf(),
             current: RwLock::new(Arc::new(set)),
+            mfa: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Connects the MFA verifier; until then `mfa = true` rules are refused.
+    pub fn attach_mfa(&self, mfa: Arc<crate::mfa::Mfa>) {
+        let _ = self.mfa.set(mfa);
     }
 
     /// Reloads from disk. A broken set is refused and the old one stays in force.
@@ -64,10 +72,18 @@ impl Authz {
         let on = key.map(|k| format!(" on key {k}")).unwrap_or_default();
         match self.set().decide(&req) {
             Decision::Allow { mfa: false, .. } => Ok(()),
-            Decision::Allow { mfa: true, rule } => Err(KmsError::PermissionDenied(format!(
-                "{} may not {op}{on}: rule {rule} requires a second factor (MFA), which this server does not support yet",
-                who.name
-            ))),
+            Decision::Allow { mfa: true, rule } => match self.mfa.get() {
+                Some(mfa) => mfa.verify(&who.name, who.totp.as_deref()).map_err(|e| {
+                    KmsError::PermissionDenied(format!(
+                        "{} may not {op}{on} without MFA (rule {rule}): {e}",
+                        who.name
+                    ))
+                }),
+                None => Err(KmsError::PermissionDenied(format!(
+                    "{} may not {op}{on}: rule {rule} requires MFA, which is not available",
+                    who.name
+                ))),
+            },
             Decision::Deny { rule: Some(rule) } => Err(KmsError::PermissionDenied(format!(
                 "{} may not {op}{on}: denied by rule {rule}",
                 who.name

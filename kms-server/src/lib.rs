@@ -15,6 +15,7 @@ pub mod dev;
 mod error;
 mod keys_service;
 pub mod keystore;
+pub mod mfa;
 pub mod pki;
 pub mod principal;
 mod seal;
@@ -83,11 +84,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
     let keystore = Arc::new(keystore::Keystore::new(seal.clone(), config.keys.clone()));
+    let mfa = Arc::new(mfa::Mfa::new(seal.clone()));
+    authz.attach_mfa(mfa.clone());
     if !seal.status().await.sealed {
         keystore
             .load()
             .await
             .map_err(|e| format!("cannot load keys: {e}"))?;
+        mfa.load()
+            .await
+            .map_err(|e| format!("cannot load MFA enrolments: {e}"))?;
     }
     let reloader = tokio::spawn(reload_on_sighup(authz.clone()));
     let scheduler = tokio::spawn(run_scheduler(
@@ -111,9 +117,14 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| format!("reflection: {e}"))?;
 
-    let operator = kms_proto::v1::operator_server::OperatorServer::new(
-        service::OperatorService::new(seal.clone(), keystore.clone(), authz.clone(), health),
-    );
+    let operator =
+        kms_proto::v1::operator_server::OperatorServer::new(service::OperatorService::new(
+            seal.clone(),
+            keystore.clone(),
+            mfa.clone(),
+            authz.clone(),
+            health,
+        ));
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
@@ -128,6 +139,9 @@ pub async fn serve(
         .add_service(operator)
         .add_service(kms_proto::v1::key_admin_server::KeyAdminServer::new(
             keys_service::KeysService::new(keystore.clone(), authz.clone()),
+        ))
+        .add_service(kms_proto::v1::mfa_server::MfaServer::new(
+            mfa::MfaService::new(mfa.clone()),
         ))
         .add_service(kms_proto::v1::policy_server::PolicyServer::new(
             authz::PolicyService::new(authz.clone()),
@@ -150,6 +164,7 @@ pub async fn serve(
     scheduler.abort();
     reloader.abort();
     keystore.clear();
+    mfa.clear();
     let _ = seal.seal().await;
     Ok(())
 }

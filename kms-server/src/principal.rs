@@ -17,6 +17,8 @@ pub struct Principal {
     pub name: String,
     /// The peer's socket address, for audit and rate limiting.
     pub peer: String,
+    /// The TOTP code sent with the request (`x-kms-totp`), for rules that require MFA.
+    pub totp: Option<String>,
 }
 
 impl Principal {
@@ -46,9 +48,15 @@ pub fn of<T>(req: &Request<T>) -> Result<Principal, KmsError> {
     let leaf = certs
         .first()
         .ok_or_else(|| KmsError::Internal("empty client certificate chain".into()))?;
+    let totp = req
+        .metadata()
+        .get(crate::mfa::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     Ok(Principal {
         name: name_of(leaf.as_ref())?,
         peer,
+        totp,
     })
 }
 

@@ -22,12 +22,14 @@ use kms_core::policy::Operation as Op;
 
 use crate::authz::Authz;
 use crate::keystore::Keystore;
+use crate::mfa::Mfa;
 use crate::principal;
 use crate::seal::{NewShares, Seal, SealStatus};
 
 pub struct OperatorService {
     seal: Arc<Seal>,
     keystore: Arc<Keystore>,
+    mfa: Arc<Mfa>,
     authz: Arc<Authz>,
     health: HealthReporter,
     limiter: UnsealLimiter,
@@ -105,12 +107,14 @@ impl OperatorService {
     pub fn new(
         seal: Arc<Seal>,
         keystore: Arc<Keystore>,
+        mfa: Arc<Mfa>,
         authz: Arc<Authz>,
         health: HealthReporter,
     ) -> Self {
         Self {
             seal,
             keystore,
+            mfa,
             authz,
             health,
             limiter: UnsealLimiter::default(),
@@ -131,9 +135,13 @@ impl OperatorService {
         if s.sealed || self.keystore.check_unsealed().is_ok() {
             return Ok(s);
         }
-        let (seal, keystore) = (self.seal.clone(), self.keystore.clone());
+        let (seal, keystore, mfa) = (self.seal.clone(), self.keystore.clone(), self.mfa.clone());
         let task = tokio::spawn(async move {
-            if let Err(e) = keystore.load().await {
+            let loaded = match keystore.load().await {
+                Ok(_) => mfa.load().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = loaded {
                 tracing::error!(error = %e, "keys could not be loaded after unseal; sealing again");
                 keystore.clear();
                 seal.seal().await?;
@@ -228,6 +236,7 @@ impl Operator for OperatorService {
         self.keystore.clear();
         let status = self.seal.seal().await?;
         self.keystore.clear();
+        self.mfa.clear();
         Ok(self.answer(status).await)
     }
 
