@@ -6,7 +6,8 @@
 //! recorded like successful ones. What it records: time, sequence, request id, node,
 //! principal, peer, operation (the gRPC method), outcome and status code. Never a request or
 //! response body: no plaintext, data key, share or key material can reach the log.
-//! Not yet recorded: the key name and version of each call, and HMACs of context values.
+//! Successful key and crypto calls add the key name and version ([`detail`]); denied and
+//! failed calls do not yet, and context values are not yet recorded (as HMACs).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -20,6 +21,26 @@ use kms_core::audit::{Chain, GENESIS_PREV, Record};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+/// What a handler adds to its response for the audit record: the key and version it used.
+#[derive(Clone, Debug)]
+pub struct AuditDetail {
+    pub key: String,
+    pub version: Option<u32>,
+}
+
+/// Attaches `key` and `version` to a response for its audit record.
+pub fn detail<T>(
+    mut resp: tonic::Response<T>,
+    key: &str,
+    version: Option<u32>,
+) -> tonic::Response<T> {
+    resp.extensions_mut().insert(AuditDetail {
+        key: key.to_string(),
+        version,
+    });
+    resp
+}
 
 /// The open log and the chain state.
 pub struct AuditSink {
@@ -267,6 +288,7 @@ where
                 .and_then(|v| v.parse::<i32>().ok())
                 .map(tonic::Code::from_i32)
                 .unwrap_or(tonic::Code::Ok);
+            let detail = resp.extensions().get::<AuditDetail>().cloned();
             let outcome = match code {
                 tonic::Code::Ok => "ok",
                 tonic::Code::PermissionDenied => "denied",
@@ -280,8 +302,8 @@ where
                 principal,
                 peer,
                 operation: operation_of(&path),
-                key: None,
-                version: None,
+                key: detail.as_ref().map(|d| d.key.clone()),
+                version: detail.and_then(|d| d.version),
                 outcome: outcome.into(),
                 code: code_name(code),
                 error: None,

@@ -12,6 +12,7 @@ use kms_proto::v1::crypto_server::Crypto;
 use kms_proto::v1::key_admin_server::KeyAdmin;
 use tonic::{Request, Response, Status};
 
+use crate::audit_sink::detail;
 use crate::authz::Authz;
 use crate::error::KmsError;
 use crate::keystore::Keystore;
@@ -140,7 +141,12 @@ pub fn key_to_pb(m: &KeyMeta) -> pb::Key {
 type R<T> = Result<Response<T>, Status>;
 
 fn ok_key(m: Result<KeyMeta, KmsError>) -> R<pb::Key> {
-    Ok(Response::new(key_to_pb(&m?)))
+    let m = m?;
+    Ok(detail(
+        Response::new(key_to_pb(&m)),
+        m.name.as_str(),
+        Some(m.latest()),
+    ))
 }
 
 #[tonic::async_trait]
@@ -282,11 +288,16 @@ impl Crypto for KeysService {
         let e = self
             .keystore
             .encrypt(&key, &r.plaintext, &context(r.context)?)?;
-        Ok(Response::new(pb::EncryptResponse {
-            ciphertext: e.ciphertext,
-            key: e.key.to_string(),
-            version: e.version,
-        }))
+        let (k, v) = (e.key.to_string(), e.version);
+        Ok(detail(
+            Response::new(pb::EncryptResponse {
+                ciphertext: e.ciphertext,
+                key: k.clone(),
+                version: v,
+            }),
+            &k,
+            Some(v),
+        ))
     }
 
     async fn decrypt(&self, req: Request<pb::DecryptRequest>) -> R<pb::DecryptResponse> {
@@ -295,12 +306,17 @@ impl Crypto for KeysService {
         let r = req.into_inner();
         self.check_ciphertext(&who, Op::Decrypt, &r.ciphertext, &r.context)?;
         let d = self.keystore.decrypt(&r.ciphertext, &context(r.context)?)?;
-        Ok(Response::new(pb::DecryptResponse {
-            // The response must own the bytes; the zeroizing buffer is wiped here.
-            plaintext: d.plaintext.to_vec(),
-            key: d.key.to_string(),
-            version: d.version,
-        }))
+        let (k, v) = (d.key.to_string(), d.version);
+        Ok(detail(
+            Response::new(pb::DecryptResponse {
+                // The response must own the bytes; the zeroizing buffer is wiped here.
+                plaintext: d.plaintext.to_vec(),
+                key: k.clone(),
+                version: v,
+            }),
+            &k,
+            Some(v),
+        ))
     }
 
     async fn re_encrypt(&self, req: Request<pb::ReEncryptRequest>) -> R<pb::ReEncryptResponse> {
@@ -332,13 +348,18 @@ impl Crypto for KeysService {
         let (d, e) = self
             .keystore
             .reencrypt(&r.ciphertext, &ctx, dest.as_ref(), &dest_ctx)?;
-        Ok(Response::new(pb::ReEncryptResponse {
-            ciphertext: e.ciphertext,
-            source_key: d.key.to_string(),
-            source_version: d.version,
-            key: e.key.to_string(),
-            version: e.version,
-        }))
+        let (k, v) = (e.key.to_string(), e.version);
+        Ok(detail(
+            Response::new(pb::ReEncryptResponse {
+                ciphertext: e.ciphertext,
+                source_key: d.key.to_string(),
+                source_version: d.version,
+                key: k.clone(),
+                version: v,
+            }),
+            &k,
+            Some(v),
+        ))
     }
 
     async fn generate_data_key(
@@ -358,16 +379,21 @@ impl Crypto for KeysService {
         let (dk, e) = self
             .keystore
             .generate_data_key(&key, &context(r.context)?)?;
-        Ok(Response::new(pb::GenerateDataKeyResponse {
-            plaintext: if r.without_plaintext {
-                Vec::new()
-            } else {
-                dk.expose().to_vec()
-            },
-            ciphertext: e.ciphertext,
-            key: e.key.to_string(),
-            version: e.version,
-        }))
+        let (k, v) = (e.key.to_string(), e.version);
+        Ok(detail(
+            Response::new(pb::GenerateDataKeyResponse {
+                plaintext: if r.without_plaintext {
+                    Vec::new()
+                } else {
+                    dk.expose().to_vec()
+                },
+                ciphertext: e.ciphertext,
+                key: k.clone(),
+                version: v,
+            }),
+            &k,
+            Some(v),
+        ))
     }
 
     async fn batch_encrypt(

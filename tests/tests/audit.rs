@@ -79,6 +79,12 @@ async fn every_call_is_recorded_and_no_secret_is() {
     };
     assert!(find("init", "ok") && find("unseal", "ok"), "{recs:?}");
     assert!(find("create-key", "ok") && find("encrypt", "ok") && find("generate-data-key", "ok"));
+    let enc = recs.iter().find(|r| r["operation"] == "encrypt").unwrap();
+    assert_eq!(
+        (enc["key"].as_str(), enc["version"].as_u64()),
+        (Some("k"), Some(1)),
+        "{enc}"
+    );
     let denied = recs
         .iter()
         .find(|r| r["operation"] == "get-key" && r["outcome"] == "denied")
