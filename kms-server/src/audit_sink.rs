@@ -42,6 +42,10 @@ pub fn detail<T>(
     resp
 }
 
+/// How long a request waits for its audit record to be durable before it is refused: a stuck
+/// disk must not hang the server.
+pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The open log and the chain state.
 pub struct AuditSink {
     path: PathBuf,
@@ -310,7 +314,22 @@ where
                 context_hmac: Default::default(),
                 prev: GENESIS_PREV.to_string(),
             };
-            if let Err(e) = sink.write(record) {
+            // The write and fsync block: run them off the async workers, with a bound.
+            let writer = sink.clone();
+            let written = tokio::time::timeout(
+                WRITE_TIMEOUT,
+                tokio::task::spawn_blocking(move || writer.write(record)),
+            )
+            .await;
+            let written = match written {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(format!("audit writer failed: {e}")),
+                Err(_) => Err(format!(
+                    "audit write did not finish within {} s",
+                    WRITE_TIMEOUT.as_secs()
+                )),
+            };
+            if let Err(e) = written {
                 tracing::error!(error = %e, "audit record not written; refusing the response");
                 return Ok(tonic::Status::unavailable("audit unavailable: the outcome could not be recorded; check the operation's effect before retrying").into_http());
             }
