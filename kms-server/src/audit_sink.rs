@@ -51,13 +51,20 @@ pub struct AuditSink {
     path: PathBuf,
     node: String,
     state: Mutex<State>,
+    /// Group commit: the highest (generation, line) known durable. One fsync covers every
+    /// line appended before it started; concurrent writers wait for it instead of syncing.
+    synced: Mutex<(u64, u64)>,
 }
 
 struct State {
     /// None after a failed write: the next request reopens the path or is refused.
-    file: Option<(File, u64)>,
+    file: Option<(Arc<File>, u64)>,
     chain: Chain,
     next_request: u64,
+    /// Bumped when the file is reopened; lines are counted per generation.
+    generation: u64,
+    /// Lines appended to the current file.
+    written: u64,
 }
 
 impl AuditSink {
@@ -69,10 +76,13 @@ impl AuditSink {
             path: path.to_path_buf(),
             node: node.to_string(),
             state: Mutex::new(State {
-                file: Some((file, ino)),
+                file: Some((Arc::new(file), ino)),
                 chain,
                 next_request: 0,
+                generation: 0,
+                written: 0,
             }),
+            synced: Mutex::new((0, 0)),
         })
     }
 
@@ -87,40 +97,59 @@ impl AuditSink {
         };
         if !same {
             let (file, ino, chain) = open_and_resume(&self.path)?;
-            st.file = Some((file, ino));
+            st.file = Some((Arc::new(file), ino));
             st.chain = chain;
+            st.generation += 1;
+            st.written = 0;
             tracing::warn!(path = %self.path.display(), "audit log reopened");
         }
         Ok(())
     }
 
-    /// Appends one record and makes it durable.
+    /// Appends one record and makes it durable (blocking: call from the blocking pool).
     fn write(&self, mut record: Record) -> Result<(), String> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let State { file, chain, .. } = &mut *st;
-        let Some((f, _)) = file.as_mut() else {
-            return Err("audit log is not open".into());
-        };
-        record.node = self.node.clone();
-        let mut next = chain.clone();
-        let line = next.append(record);
-        let result = f
-            .write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| f.sync_data());
-        match result {
-            Ok(()) => {
-                *chain = next;
-                Ok(())
-            }
-            Err(e) => {
+        let fail =
+            |e: std::io::Error| format!("cannot write the audit log {}: {e}", self.path.display());
+        // 1. Append under the state lock, so lines and the chain stay in order.
+        let (file, generation, ticket) = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let Some((f, _)) = st.file.clone() else {
+                return Err("audit log is not open".into());
+            };
+            record.node = self.node.clone();
+            let mut next = st.chain.clone();
+            let line = next.append(record);
+            if let Err(e) = (&*f).write_all(format!("{line}\n").as_bytes()) {
                 // The file may now end with a partial line: reopen (and cut it) next time.
-                *file = None;
-                Err(format!(
-                    "cannot write the audit log {}: {e}",
-                    self.path.display()
-                ))
+                st.file = None;
+                return Err(fail(e));
             }
+            st.chain = next;
+            st.written += 1;
+            (f, st.generation, st.written)
+        };
+        // 2. Make it durable, sharing one fsync among concurrent writers.
+        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if synced.0 == generation && synced.1 >= ticket {
+            return Ok(());
         }
+        let covering = {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.generation != generation {
+                // Reopened since our append: our line went to the file that was replaced.
+                return Err(format!("audit log {} was replaced", self.path.display()));
+            }
+            st.written
+        };
+        if let Err(e) = file.sync_data() {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.generation == generation {
+                st.file = None;
+            }
+            return Err(fail(e));
+        }
+        *synced = (generation, covering);
+        Ok(())
     }
 
     fn request_id(&self) -> String {

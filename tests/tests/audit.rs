@@ -224,3 +224,44 @@ async fn unwritable_audit_log_fails_closed() {
     assert_eq!(s.code(), Code::NotFound);
     assert!(verify(&inst).status.success());
 }
+
+/// Concurrent requests share fsyncs (group commit) and the chain stays whole: every call is
+/// one record, in sequence.
+#[tokio::test]
+async fn concurrent_calls_keep_the_chain_whole() {
+    let inst = Installation::new();
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
+        name: "k".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let before = records(&inst).len();
+    let calls = (0..64).map(|i| {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.encrypt("k", vec![i as u8; 16], HashMap::new())
+                .await
+                .map(drop)
+        })
+    });
+    for r in futures_join(calls).await {
+        r.unwrap().unwrap();
+    }
+    let recs = records(&inst);
+    assert_eq!(recs.len(), before + 64);
+    assert!(verify(&inst).status.success());
+}
+
+async fn futures_join<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::new();
+    for h in handles.collect::<Vec<_>>() {
+        out.push(h.await);
+    }
+    out
+}
