@@ -35,6 +35,12 @@ pub(crate) enum Audit {
         #[arg(long, value_name = "HEADFILE")]
         head: Option<PathBuf>,
     },
+    /// Seal the server's current audit chain head and print it as JSON, for `verify --head`
+    /// (needs the `audit-read` grant; connects to the server).
+    #[command(
+        after_help = "Example:\n  kms-cli audit head > head.json\n  kms-cli audit verify audit.log --head head.json"
+    )]
+    Head,
 }
 
 /// Runs `audit verify`. Offline: never connects.
@@ -42,8 +48,19 @@ pub(crate) enum Audit {
 /// Exit codes: 0 the log verifies (a torn last line is reported, not an error); 1 it does not
 /// (the first bad line is named as `FILE:LINE: reason`); 2 a file or the head file cannot be
 /// read or the head file is not a head.
-pub(crate) fn run(cmd: Audit, fmt: Format) -> Result<(), Failure> {
+pub(crate) async fn run(cmd: Audit, conn: &crate::Conn, fmt: Format) -> Result<(), Failure> {
     match cmd {
+        Audit::Head => {
+            let client = crate::connect(conn).await?;
+            let h = client
+                .call(
+                    kms_client::proto::audit_client::AuditClient::new(client.channel())
+                        .head(kms_client::proto::AuditHeadRequest {}),
+                )
+                .await?;
+            // Always JSON: it is meant for a file that `verify --head` reads.
+            output::json(&json!({"seq": h.seq, "hash": h.hash}))
+        }
         Audit::Verify { files, head } => {
             let head = head.as_deref().map(read_head).transpose()?;
             match verify_files(&files, head.clone())? {

@@ -194,7 +194,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Crypto(cmd) => crypto::run(cmd, &cli.conn, cli.format).await,
         Command::Envelope(cmd) => envelope::run(cmd, &cli.conn, cli.format).await,
         // Offline: reads files only, never connects.
-        Command::Audit(cmd) => audit::run(cmd, cli.format),
+        Command::Audit(cmd) => audit::run(cmd, &cli.conn, cli.format).await,
         Command::Policy(cmd) => policy::run(cmd, &cli.conn, cli.format).await,
         Command::Mfa(cmd) => mfa::run(cmd, &cli.conn, cli.format).await,
     }

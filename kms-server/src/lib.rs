@@ -96,6 +96,7 @@ pub async fn serve(
             .map_err(|e| format!("cannot load MFA enrolments: {e}"))?;
     }
     let reloader = tokio::spawn(reload_on_sighup(authz.clone()));
+    let head_sealer = tokio::spawn(seal_audit_head(sink.clone(), seal.clone()));
     let scheduler = tokio::spawn(run_scheduler(
         keystore.clone(),
         std::time::Duration::from_secs(config.keys.scheduler_interval_secs.max(1)),
@@ -132,13 +133,16 @@ pub async fn serve(
         let _ = stopping_tx.send(());
     };
     let server = tonic::transport::Server::builder()
-        .layer(audit_sink::AuditLayer::new(sink))
+        .layer(audit_sink::AuditLayer::new(sink.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(operator)
         .add_service(kms_proto::v1::key_admin_server::KeyAdminServer::new(
             keys_service::KeysService::new(keystore.clone(), authz.clone()),
+        ))
+        .add_service(kms_proto::v1::audit_server::AuditServer::new(
+            audit_sink::AuditService::new(sink.clone(), seal.clone(), authz.clone()),
         ))
         .add_service(kms_proto::v1::mfa_server::MfaServer::new(
             mfa::MfaService::new(mfa.clone()),
@@ -163,6 +167,11 @@ pub async fn serve(
     // Drop every secret before returning.
     scheduler.abort();
     reloader.abort();
+    head_sealer.abort();
+    // The last head, so a cut tail after this stop is visible.
+    if let Err(e) = sink.seal_head(&seal).await {
+        tracing::info!(error = %e, "audit head not sealed at shutdown");
+    }
     keystore.clear();
     mfa.clear();
     let _ = seal.seal().await;
@@ -179,6 +188,21 @@ async fn reload_on_sighup(authz: Arc<Authz>) {
     while hup.recv().await.is_some() {
         if let Err(e) = authz.reload() {
             tracing::error!(error = %e, "policy reload refused; the previous policies stay in force");
+        }
+    }
+}
+
+/// Seals the audit chain's head into storage every 10 s while unsealed.
+async fn seal_audit_head(sink: Arc<audit_sink::AuditSink>, seal: Arc<Seal>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if seal.status().await.sealed {
+            continue;
+        }
+        if let Err(e) = sink.seal_head(&seal).await {
+            tracing::warn!(error = %e, "audit head not sealed");
         }
     }
 }

@@ -265,3 +265,50 @@ async fn futures_join<T>(
     }
     out
 }
+
+/// `kms-cli audit head` seals the chain head; with it, `audit verify --head` detects a log
+/// whose tail was cut. [SNC 12.7: log integrity, deletion detectable]
+#[tokio::test]
+async fn sealed_head_reveals_a_cut_tail() {
+    let inst = Installation::new();
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    for _ in 0..3 {
+        c.status().await.unwrap();
+    }
+    let out = server.cli(&["audit", "head"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head_file = inst.root.path().join("head.json");
+    std::fs::write(&head_file, &out.stdout).unwrap();
+    let verify_head = || {
+        std::process::Command::new(bin("kms-cli"))
+            .args(["audit", "verify"])
+            .arg(inst.root.path().join("audit.log"))
+            .arg("--head")
+            .arg(&head_file)
+            .output()
+            .unwrap()
+    };
+    let ok = verify_head();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    // Cut the tail: drop the last three records.
+    let path = inst.root.path().join("audit.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let kept = lines[..lines.len() - 3].join("\n") + "\n";
+    std::fs::write(&path, kept).unwrap();
+    let cut = verify_head();
+    assert_eq!(cut.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&cut.stderr);
+    assert!(err.contains("sealed head"), "{err}");
+}
