@@ -29,6 +29,22 @@ pub struct AuditDetail {
     pub version: Option<u32>,
 }
 
+/// Where the access check notes the key a request is about, so that its audit record names it
+/// whether the request is allowed, denied or fails. Put in the request's extensions by the
+/// audit layer.
+#[derive(Clone, Default, Debug)]
+pub struct AuditSlot(Arc<Mutex<Option<String>>>);
+
+impl AuditSlot {
+    pub fn set_key(&self, key: &str) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.to_string());
+    }
+
+    fn key(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Attaches `key` and `version` to a response for its audit record.
 pub fn detail<T>(
     mut resp: tonic::Response<T>,
@@ -323,6 +339,9 @@ where
                 return inner.call(req).await;
             }
             let time = now_rfc3339();
+            let slot = AuditSlot::default();
+            let mut req = req;
+            req.extensions_mut().insert(slot.clone());
             let request_id = sink.request_id();
             let (principal, peer) = match req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() {
                 Some(info) => (
@@ -366,7 +385,10 @@ where
                 principal,
                 peer,
                 operation: operation_of(&path),
-                key: detail.as_ref().map(|d| d.key.clone()),
+                key: detail
+                    .as_ref()
+                    .map(|d| d.key.clone())
+                    .or_else(|| slot.key()),
                 version: detail.and_then(|d| d.version),
                 outcome: outcome.into(),
                 code: code_name(code),

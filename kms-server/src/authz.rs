@@ -63,6 +63,9 @@ impl Authz {
         key: Option<&str>,
         context: &BTreeMap<String, String>,
     ) -> Result<(), KmsError> {
+        if let Some(k) = key {
+            who.audit.set_key(k);
+        }
         let req = Request {
             principal: &who.name,
             operation: op,

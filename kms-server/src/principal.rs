@@ -12,13 +12,15 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::error::KmsError;
 
 /// The authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Principal {
     pub name: String,
     /// The peer's socket address, for audit and rate limiting.
     pub peer: String,
     /// The TOTP code sent with the request (`x-kms-totp`), for rules that require MFA.
     pub totp: Option<String>,
+    /// Where the access check notes the key for the audit record.
+    pub audit: crate::audit_sink::AuditSlot,
 }
 
 impl Principal {
@@ -57,6 +59,11 @@ pub fn of<T>(req: &Request<T>) -> Result<Principal, KmsError> {
         name: name_of(leaf.as_ref())?,
         peer,
         totp,
+        audit: req
+            .extensions()
+            .get::<crate::audit_sink::AuditSlot>()
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 

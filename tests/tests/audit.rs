@@ -91,6 +91,8 @@ async fn every_call_is_recorded_and_no_secret_is() {
         .unwrap();
     assert_eq!(denied["principal"], "spiffe://kms.test/other");
     assert_eq!(denied["code"], "PERMISSION_DENIED");
+    // A denied call names the key it was about, too.
+    assert_eq!(denied["key"], "k");
     let failed = recs.iter().rfind(|r| r["operation"] == "decrypt").unwrap();
     assert_eq!(
         (failed["outcome"].as_str(), failed["code"].as_str()),
