@@ -6,8 +6,8 @@
 //! recorded like successful ones. What it records: time, sequence, request id, node,
 //! principal, peer, operation (the gRPC method), outcome and status code. Never a request or
 //! response body: no plaintext, data key, share or key material can reach the log.
-//! Successful key and crypto calls add the key name and version ([`detail`]); denied and
-//! failed calls do not yet, and context values are not yet recorded (as HMACs).
+//! The access check notes the key of every key and crypto call ([`AuditSlot`]); successful
+//! calls also add the version ([`detail`]). Context values are not yet recorded (as HMACs).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
