@@ -41,6 +41,13 @@ pub(crate) enum Audit {
         after_help = "Example:\n  kms-cli audit head > head.json\n  kms-cli audit verify audit.log --head head.json"
     )]
     Head,
+    /// The HMAC the audit log records for an encryption-context value, to search the log
+    /// (needs the `audit-read` grant; connects to the server).
+    #[command(after_help = "Example:\n  grep \"$(kms-cli audit hmac acme)\" audit.log")]
+    Hmac {
+        /// The context value to look for.
+        value: String,
+    },
 }
 
 /// Runs `audit verify`. Offline: never connects.
@@ -60,6 +67,19 @@ pub(crate) async fn run(cmd: Audit, conn: &crate::Conn, fmt: Format) -> Result<(
                 .await?;
             // Always JSON: it is meant for a file that `verify --head` reads.
             output::json(&json!({"seq": h.seq, "hash": h.hash}))
+        }
+        Audit::Hmac { value } => {
+            let client = crate::connect(conn).await?;
+            let h = client
+                .call(
+                    kms_client::proto::audit_client::AuditClient::new(client.channel())
+                        .hmac(kms_client::proto::AuditHmacRequest { value }),
+                )
+                .await?;
+            match fmt {
+                Format::Json => output::json(&json!({"hmac": h.hmac})),
+                Format::Human => output::print(&format!("{}\n", h.hmac)),
+            }
         }
         Audit::Verify { files, head } => {
             let head = head.as_deref().map(read_head).transpose()?;

@@ -152,6 +152,26 @@ impl Keyring {
         self.keys.iter().map(|(t, k)| (*t, &k.key))
     }
 
+    /// A key for another purpose (`info` names it), derived with HKDF-SHA256 from the first
+    /// term's key, so it stays the same across barrier rotations (e.g. the audit HMAC key,
+    /// which must give the same HMAC for a value over the whole life of the log).
+    pub fn derive_stable(&self, info: &[u8]) -> Secret32 {
+        let mut out = [0u8; 32];
+        if let Some(first) = self.keys.values().next() {
+            let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"kms derived key v1")
+                .extract(first.key.expose());
+            let info = [info];
+            // Invariant: 32 bytes is far below HKDF-SHA256's output limit.
+            #[allow(clippy::expect_used)]
+            prk.expand(&info, Len32)
+                .and_then(|okm| okm.fill(&mut out))
+                .expect("32-byte HKDF output is always valid");
+        }
+        let key = Secret32::from_bytes(out);
+        zeroize::Zeroize::zeroize(&mut out);
+        key
+    }
+
     /// Adds a fresh key as a new term and makes it active. Returns the new term.
     /// Records sealed under older terms stay readable.
     pub fn rotate(&mut self, now_unix: u64) -> Result<u32, BarrierError> {

@@ -32,17 +32,44 @@ pub struct AuditDetail {
 /// Where the access check notes the key a request is about, so that its audit record names it
 /// whether the request is allowed, denied or fails. Put in the request's extensions by the
 /// audit layer.
-#[derive(Clone, Default, Debug)]
-pub struct AuditSlot(Arc<Mutex<Option<String>>>);
+#[derive(Clone, Default)]
+pub struct AuditSlot(Arc<Mutex<SlotData>>);
+
+#[derive(Default)]
+struct SlotData {
+    key: Option<String>,
+    /// The request's encryption context: recorded only as HMACs, never in clear.
+    context: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for AuditSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditSlot(..)")
+    }
+}
 
 impl AuditSlot {
-    pub fn set_key(&self, key: &str) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(key.to_string());
+    pub fn set(&self, key: &str, context: &std::collections::BTreeMap<String, String>) {
+        let mut d = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        d.key = Some(key.to_string());
+        if !context.is_empty() {
+            d.context = context.clone();
+        }
     }
 
-    fn key(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    fn take(&self) -> (Option<String>, std::collections::BTreeMap<String, String>) {
+        let mut d = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (d.key.clone(), std::mem::take(&mut d.context))
     }
+}
+
+/// The key that HMACs context values in audit records, derived from the keyring (stable
+/// across barrier rotations). None while sealed.
+pub async fn audit_key(seal: &crate::Seal) -> Option<kms_core::audit::AuditKey> {
+    let keyring = seal.keyring().await.ok()?;
+    Some(kms_core::audit::AuditKey::from_secret(
+        keyring.derive_stable(b"kms audit hmac v1"),
+    ))
 }
 
 /// Attaches `key` and `version` to a response for its audit record.
@@ -66,6 +93,8 @@ pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 pub struct AuditSink {
     path: PathBuf,
     node: String,
+    /// For the context HMAC key (set once the server is built).
+    seal: std::sync::OnceLock<Arc<crate::Seal>>,
     state: Mutex<State>,
     /// Group commit: the highest (generation, line) known durable. One fsync covers every
     /// line appended before it started; concurrent writers wait for it instead of syncing.
@@ -91,6 +120,7 @@ impl AuditSink {
         Ok(Self {
             path: path.to_path_buf(),
             node: node.to_string(),
+            seal: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 file: Some((Arc::new(file), ino)),
                 chain,
@@ -193,6 +223,11 @@ impl AuditSink {
             .put(&path, sealed, crate::storage::Expect::Any)
             .await?;
         Ok(head)
+    }
+
+    /// Connects the seal, whose keyring gives the context HMAC key.
+    pub fn attach_seal(&self, seal: Arc<crate::Seal>) {
+        let _ = self.seal.set(seal);
     }
 
     pub fn node(&self) -> &str {
@@ -372,6 +407,15 @@ where
                 .map(tonic::Code::from_i32)
                 .unwrap_or(tonic::Code::Ok);
             let detail = resp.extensions().get::<AuditDetail>().cloned();
+            let (slot_key, context) = slot.take();
+            let context_hmac = match (context.is_empty(), sink.seal.get()) {
+                (false, Some(seal)) => match audit_key(seal).await {
+                    Some(k) => kms_core::audit::context_hmacs(&k, context.iter()),
+                    None => Default::default(),
+                },
+                _ => Default::default(),
+            };
+            drop(context);
             let outcome = match code {
                 tonic::Code::Ok => "ok",
                 tonic::Code::PermissionDenied => "denied",
@@ -385,15 +429,12 @@ where
                 principal,
                 peer,
                 operation: operation_of(&path),
-                key: detail
-                    .as_ref()
-                    .map(|d| d.key.clone())
-                    .or_else(|| slot.key()),
+                key: detail.as_ref().map(|d| d.key.clone()).or(slot_key),
                 version: detail.and_then(|d| d.version),
                 outcome: outcome.into(),
                 code: code_name(code),
                 error: None,
-                context_hmac: Default::default(),
+                context_hmac,
                 prev: GENESIS_PREV.to_string(),
             };
             // The write and fsync block: run them off the async workers, with a bound.
@@ -451,6 +492,23 @@ impl kms_proto::v1::audit_server::Audit for AuditService {
             seq: head.seq,
             hash: head.hash,
             node: self.sink.node().to_string(),
+        }))
+    }
+
+    async fn hmac(
+        &self,
+        req: tonic::Request<kms_proto::v1::AuditHmacRequest>,
+    ) -> Result<tonic::Response<kms_proto::v1::AuditHmacResponse>, tonic::Status> {
+        let who = crate::principal::of(&req)?;
+        self.authz.check(
+            &who,
+            kms_core::policy::Operation::AuditRead,
+            None,
+            &Default::default(),
+        )?;
+        let key = audit_key(&self.seal).await.ok_or(crate::KmsError::Sealed)?;
+        Ok(tonic::Response::new(kms_proto::v1::AuditHmacResponse {
+            hmac: key.hmac_value(&req.into_inner().value),
         }))
     }
 }

@@ -64,7 +64,7 @@ impl Authz {
         context: &BTreeMap<String, String>,
     ) -> Result<(), KmsError> {
         if let Some(k) = key {
-            who.audit.set_key(k);
+            who.audit.set(k, context);
         }
         let req = Request {
             principal: &who.name,

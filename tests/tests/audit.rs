@@ -314,3 +314,35 @@ async fn sealed_head_reveals_a_cut_tail() {
     let err = String::from_utf8_lossy(&cut.stderr);
     assert!(err.contains("sealed head"), "{err}");
 }
+
+/// Encryption-context values are recorded only as HMACs; an auditor with `audit-read` gets the
+/// HMAC of a known value to search the log, and the value itself never appears.
+#[tokio::test]
+async fn context_values_are_recorded_as_searchable_hmacs() {
+    let inst = Installation::new();
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
+        name: "k".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let value = "tenant-value-9f3e2a";
+    let ctx: HashMap<String, String> = [("tenant".to_string(), value.to_string())].into();
+    c.encrypt("k", b"m".to_vec(), ctx).await.unwrap();
+    let out = server.cli(&["audit", "hmac", value]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hmac = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(hmac.len(), 64);
+    let recs = records(&inst);
+    let enc = recs.iter().find(|r| r["operation"] == "encrypt").unwrap();
+    assert_eq!(enc["context_hmac"]["tenant"], hmac.as_str(), "{enc}");
+    let log = std::fs::read_to_string(inst.root.path().join("audit.log")).unwrap();
+    assert!(!log.contains(value));
+}
