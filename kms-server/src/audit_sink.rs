@@ -93,12 +93,29 @@ pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 pub struct AuditSink {
     path: PathBuf,
     node: String,
+    /// Rotate the file once it reaches this size (0: never).
+    max_bytes: u64,
     /// For the context HMAC key (set once the server is built).
     seal: std::sync::OnceLock<Arc<crate::Seal>>,
     state: Mutex<State>,
-    /// Group commit: the highest (generation, line) known durable. One fsync covers every
-    /// line appended before it started; concurrent writers wait for it instead of syncing.
-    synced: Mutex<(u64, u64)>,
+    /// Group commit: the highest line known durable in the current file generation, and the
+    /// same for the file retired by the last rotation. One fsync covers every line appended
+    /// before it started; concurrent writers wait for it instead of syncing.
+    synced: Mutex<Synced>,
+}
+
+#[derive(Default)]
+struct Synced {
+    current: (u64, u64),
+    retired: (u64, u64),
+}
+
+impl Synced {
+    fn covers(&self, generation: u64, ticket: u64) -> bool {
+        [self.current, self.retired]
+            .iter()
+            .any(|&(g, upto)| g == generation && upto >= ticket)
+    }
 }
 
 struct State {
@@ -115,11 +132,12 @@ struct State {
 impl AuditSink {
     /// Opens (or creates) the log at `path` and resumes its chain from the last complete
     /// line. A torn last line (a crash mid-write, never acknowledged) is cut off.
-    pub fn open(path: &Path, node: &str) -> Result<Self, String> {
+    pub fn open(path: &Path, node: &str, max_bytes: u64) -> Result<Self, String> {
         let (file, ino, chain) = open_and_resume(path)?;
         Ok(Self {
             path: path.to_path_buf(),
             node: node.to_string(),
+            max_bytes,
             seal: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 file: Some((Arc::new(file), ino)),
@@ -128,7 +146,7 @@ impl AuditSink {
                 generation: 0,
                 written: 0,
             }),
-            synced: Mutex::new((0, 0)),
+            synced: Mutex::new(Synced::default()),
         })
     }
 
@@ -176,7 +194,7 @@ impl AuditSink {
         };
         // 2. Make it durable, sharing one fsync among concurrent writers.
         let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
-        if synced.0 == generation && synced.1 >= ticket {
+        if synced.covers(generation, ticket) {
             return Ok(());
         }
         let covering = {
@@ -194,7 +212,47 @@ impl AuditSink {
             }
             return Err(fail(e));
         }
-        *synced = (generation, covering);
+        synced.current = (generation, covering);
+        if self.max_bytes > 0 {
+            // Under the sync lock: no writer of the old file can be left unsynced. A failed
+            // rotation is logged, not returned: this record is already durable.
+            if let Err(e) = self.rotate_if_full(&mut synced) {
+                tracing::error!(error = %e, "audit log rotation failed; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames a full log to `<path>.<last seq>` and continues the chain in a new file.
+    fn rotate_if_full(&self, synced: &mut Synced) -> Result<(), String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((file, _)) = st.file.clone() else {
+            return Ok(());
+        };
+        let io = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        if file.metadata().map_err(io)?.len() < self.max_bytes {
+            return Ok(());
+        }
+        // Lines appended since this writer's fsync are made durable before the file closes.
+        file.sync_data().map_err(io)?;
+        synced.retired = (st.generation, st.written);
+        let rotated = rotated_name(&self.path, st.chain.head().seq);
+        std::fs::rename(&self.path, &rotated).map_err(io)?;
+        let new = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        let ino = new.metadata().map_err(io)?.ino();
+        // The chain goes on: the new file's first record points at the old file's last.
+        st.file = Some((Arc::new(new), ino));
+        st.generation += 1;
+        st.written = 0;
+        tracing::info!(rotated = %rotated.display(), "audit log rotated");
         Ok(())
     }
 
@@ -258,8 +316,13 @@ fn open_and_resume(path: &Path) -> Result<(File, u64, Chain), String> {
         file.seek(SeekFrom::End(0)).map_err(err)?;
         file.sync_data().map_err(err)?;
     }
-    let chain = match text[..complete].lines().last() {
-        Some(last) => Chain::resume(last).map_err(|e| {
+    // An empty current file continues the chain of the newest rotated file, if any.
+    let last_line = match text[..complete].lines().last() {
+        Some(l) => Some(l.to_string()),
+        None => last_rotated_line(path)?,
+    };
+    let chain = match last_line {
+        Some(last) => Chain::resume(&last).map_err(|e| {
             format!(
                 "audit log {} does not end in a valid record: {e}",
                 path.display()
@@ -269,6 +332,42 @@ fn open_and_resume(path: &Path) -> Result<(File, u64, Chain), String> {
     };
     let ino = file.metadata().map_err(err)?.ino();
     Ok((file, ino, chain))
+}
+
+/// The name of a rotated file: the current path, a dot and the last sequence number it holds,
+/// zero-padded so that name order is chain order.
+fn rotated_name(path: &Path, last_seq: u64) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{last_seq:012}"));
+    PathBuf::from(name)
+}
+
+/// The last line of the newest rotated file beside `path`, if there is one.
+fn last_rotated_line(path: &Path) -> Result<Option<String>, String> {
+    let (Some(dir), Some(base)) = (path.parent(), path.file_name()) else {
+        return Ok(None);
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.", base.to_string_lossy());
+    let newest = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix(&prefix)
+                .is_some_and(|s| s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .max();
+    let Some(newest) = newest else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(dir.join(&newest))
+        .map_err(|e| format!("cannot read rotated audit log {newest}: {e}"))?;
+    Ok(text.lines().last().map(str::to_string))
 }
 
 /// RFC 3339 UTC with milliseconds.

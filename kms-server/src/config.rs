@@ -30,6 +30,9 @@ pub struct AuditConfig {
     pub path: PathBuf,
     /// This node's name in every record.
     pub node: String,
+    /// Rotate the log once it reaches this many bytes (0: never). Rotated files are named
+    /// `<path>.<last sequence number>`; the chain continues across them.
+    pub max_bytes: u64,
 }
 
 impl Default for AuditConfig {
@@ -37,6 +40,7 @@ impl Default for AuditConfig {
         Self {
             path: PathBuf::from("audit.log"),
             node: "kms-1".into(),
+            max_bytes: 64 * 1024 * 1024,
         }
     }
 }

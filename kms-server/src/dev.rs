@@ -83,6 +83,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
         audit: crate::config::AuditConfig {
             path: data_dir.join("audit.log"),
             node: "dev".into(),
+            ..Default::default()
         },
         // Dev mode may lower the deletion waiting period to zero days, to try the lifecycle.
         keys: crate::keystore::KeySettings {

@@ -50,7 +50,12 @@ pub fn load_tls(config: &Config) -> Result<rustls::ServerConfig, String> {
 /// Opens the configured audit log (before anything is served: a log that cannot be opened
 /// stops the server).
 pub fn open_audit(config: &Config) -> Result<Arc<audit_sink::AuditSink>, String> {
-    audit_sink::AuditSink::open(&config.audit.path, &config.audit.node).map(Arc::new)
+    audit_sink::AuditSink::open(
+        &config.audit.path,
+        &config.audit.node,
+        config.audit.max_bytes,
+    )
+    .map(Arc::new)
 }
 
 /// Opens the configured storage and loads the seal configuration (sealed).
