@@ -107,14 +107,19 @@ pub struct AuditSink {
 #[derive(Default)]
 struct Synced {
     current: (u64, u64),
-    retired: (u64, u64),
+    /// Generations closed by rotation: every line of them was fsynced before the rename.
+    /// (A file replaced from outside is not here: its unsynced writers are refused.)
+    rotated: std::collections::VecDeque<u64>,
 }
+
+/// Rotated generations remembered; a writer stalled across more rotations than this is
+/// refused (fail closed) rather than wrongly acknowledged.
+const ROTATIONS_REMEMBERED: usize = 64;
 
 impl Synced {
     fn covers(&self, generation: u64, ticket: u64) -> bool {
-        [self.current, self.retired]
-            .iter()
-            .any(|&(g, upto)| g == generation && upto >= ticket)
+        (self.current.0 == generation && self.current.1 >= ticket)
+            || self.rotated.contains(&generation)
     }
 }
 
@@ -235,7 +240,10 @@ impl AuditSink {
         }
         // Lines appended since this writer's fsync are made durable before the file closes.
         file.sync_data().map_err(io)?;
-        synced.retired = (st.generation, st.written);
+        synced.rotated.push_back(st.generation);
+        if synced.rotated.len() > ROTATIONS_REMEMBERED {
+            synced.rotated.pop_front();
+        }
         let rotated = rotated_name(&self.path, st.chain.head().seq);
         std::fs::rename(&self.path, &rotated).map_err(io)?;
         let new = OpenOptions::new()

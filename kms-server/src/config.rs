@@ -33,6 +33,8 @@ pub struct AuditConfig {
     /// Rotate the log once it reaches this many bytes (0: never). Rotated files are named
     /// `<path>.<last sequence number>`; the chain continues across them.
     pub max_bytes: u64,
+    /// Optional shipping of every record to a remote collector (JSON lines over TLS).
+    pub ship: Option<crate::audit_ship::ShipConfig>,
 }
 
 impl Default for AuditConfig {
@@ -41,6 +43,7 @@ impl Default for AuditConfig {
             path: PathBuf::from("audit.log"),
             node: "kms-1".into(),
             max_bytes: 64 * 1024 * 1024,
+            ship: None,
         }
     }
 }
@@ -86,6 +89,9 @@ impl Config {
         resolve(&mut config.tls.client_ca);
         resolve(&mut config.policies);
         resolve(&mut config.audit.path);
+        if let Some(ship) = &mut config.audit.ship {
+            ship.resolve(resolve);
+        }
         if let Some(crl) = &mut config.tls.crl {
             resolve(crl);
         }

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit_ship;
 pub mod audit_sink;
 mod authz;
 mod config;
@@ -50,6 +51,9 @@ pub fn load_tls(config: &Config) -> Result<rustls::ServerConfig, String> {
 /// Opens the configured audit log (before anything is served: a log that cannot be opened
 /// stops the server).
 pub fn open_audit(config: &Config) -> Result<Arc<audit_sink::AuditSink>, String> {
+    if let Some(ship) = &config.audit.ship {
+        audit_ship::check(ship)?;
+    }
     audit_sink::AuditSink::open(
         &config.audit.path,
         &config.audit.node,
@@ -103,6 +107,11 @@ pub async fn serve(
     }
     let reloader = tokio::spawn(reload_on_sighup(authz.clone()));
     let head_sealer = tokio::spawn(seal_audit_head(sink.clone(), seal.clone()));
+    let shipper = config
+        .audit
+        .ship
+        .clone()
+        .map(|s| tokio::spawn(audit_ship::run(s, config.audit.path.clone())));
     let scheduler = tokio::spawn(run_scheduler(
         keystore.clone(),
         std::time::Duration::from_secs(config.keys.scheduler_interval_secs.max(1)),
@@ -174,6 +183,9 @@ pub async fn serve(
     scheduler.abort();
     reloader.abort();
     head_sealer.abort();
+    if let Some(s) = shipper {
+        s.abort();
+    }
     // The last head, so a cut tail after this stop is visible.
     if let Err(e) = sink.seal_head(&seal).await {
         tracing::info!(error = %e, "audit head not sealed at shutdown");

@@ -1,0 +1,192 @@
+//! Log shipping: streams the audit log to a remote collector as newline-delimited JSON over
+//! TLS (RFC 5424 syslog framing is not offered yet).
+//!
+//! The local log is the spool: nothing is lost while the collector is down, the shipper
+//! catches up when it comes back. Delivery is at least once, in sequence order: the last
+//! shipped sequence number is kept in `<log>.shipped` after each batch, so after a crash a
+//! batch may be sent twice; collectors de-duplicate by `seq` (and `node`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+/// Where to ship, and how to authenticate (the `[audit.ship]` config section).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShipConfig {
+    /// The collector, `host:port`.
+    pub addr: String,
+    /// The name its TLS certificate must carry.
+    pub server_name: String,
+    /// CA certificate(s) (PEM) the collector's certificate must chain to.
+    pub ca: PathBuf,
+    /// Optional client certificate and key (PEM), if the collector wants mTLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl ShipConfig {
+    pub(crate) fn resolve(&mut self, resolve: impl Fn(&mut PathBuf)) {
+        resolve(&mut self.ca);
+        if let Some(p) = &mut self.client_cert {
+            resolve(p);
+        }
+        if let Some(p) = &mut self.client_key {
+            resolve(p);
+        }
+    }
+}
+
+fn tls_config(cfg: &ShipConfig) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&cfg.ca)
+        .map_err(|e| format!("audit shipping CA {}: {e}", cfg.ca.display()))?
+    {
+        let c = c.map_err(|e| format!("audit shipping CA {}: {e}", cfg.ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("audit shipping CA {}: {e}", cfg.ca.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    match (&cfg.client_cert, &cfg.client_key) {
+        (Some(cert), Some(key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("{}: {e}", cert.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: {e}", cert.display()))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| e.to_string())
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// Checks the shipping settings at start (so a typo stops the server, not the shipper).
+pub fn check(cfg: &ShipConfig) -> Result<(), String> {
+    tls_config(cfg).map(drop)?;
+    ServerName::try_from(cfg.server_name.clone())
+        .map(drop)
+        .map_err(|e| format!("audit shipping server_name {}: {e}", cfg.server_name))
+}
+
+fn state_path(log: &Path) -> PathBuf {
+    let mut p = log.as_os_str().to_owned();
+    p.push(".shipped");
+    PathBuf::from(p)
+}
+
+/// Lines of the log (rotated files, then the current one) with a sequence number above
+/// `after`, in order.
+fn pending(log: &Path, after: u64) -> Result<Vec<(u64, String)>, String> {
+    let dir = log
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = log
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!("{base}.");
+    let mut rotated: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let last: u64 = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((last, e.path()))
+        })
+        .filter(|(last, _)| *last > after)
+        .collect();
+    rotated.sort();
+    let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    files.push(log.to_path_buf());
+    let mut out = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for line in text.lines() {
+            let seq = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["seq"].as_u64());
+            if let Some(seq) = seq.filter(|s| *s > after) {
+                out.push((seq, line.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn ship_once(
+    cfg: &ShipConfig,
+    tls: &tokio_rustls::TlsConnector,
+    log: &Path,
+    shipped: &mut u64,
+) -> Result<(), String> {
+    let lines = pending(log, *shipped)?;
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(&cfg.addr),
+    )
+    .await
+    .map_err(|_| format!("connecting to {} timed out", cfg.addr))?
+    .map_err(|e| format!("cannot connect to {}: {e}", cfg.addr))?;
+    let name = ServerName::try_from(cfg.server_name.clone()).map_err(|e| e.to_string())?;
+    let mut stream = tls
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS to {}: {e}", cfg.addr))?;
+    let mut last = *shipped;
+    for (seq, line) in &lines {
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .map_err(|e| format!("sending to {}: {e}", cfg.addr))?;
+        last = *seq;
+    }
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let _ = stream.shutdown().await;
+    crate::pki::write_file(&state_path(log), last.to_string().as_bytes(), 0o600)?;
+    *shipped = last;
+    Ok(())
+}
+
+/// Ships forever: every second, whatever is new; after a failure, retries with a growing
+/// pause (up to 30 s).
+pub async fn run(cfg: ShipConfig, log: PathBuf) {
+    let tls = match tls_config(&cfg) {
+        Ok(c) => tokio_rustls::TlsConnector::from(Arc::new(c)),
+        Err(e) => {
+            tracing::error!(error = %e, "audit shipping disabled");
+            return;
+        }
+    };
+    let mut shipped: u64 = std::fs::read_to_string(state_path(&log))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match ship_once(&cfg, &tls, &log, &mut shipped).await {
+            Ok(()) => pause = Duration::from_secs(1),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit shipping failed; the local log keeps everything, retrying");
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
