@@ -378,6 +378,26 @@ fn last_rotated_line(path: &Path) -> Result<Option<String>, String> {
     Ok(text.lines().last().map(str::to_string))
 }
 
+/// Decodes a `grpc-message` header (percent-encoded, RFC 3986 style).
+fn percent_decode(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        if let Some(b) = hex {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// RFC 3339 UTC with milliseconds.
 fn now_rfc3339() -> String {
     let now = SystemTime::now()
@@ -513,6 +533,14 @@ where
                 .and_then(|v| v.parse::<i32>().ok())
                 .map(tonic::Code::from_i32)
                 .unwrap_or(tonic::Code::Ok);
+            // The refusal's reason, as the client saw it (messages never carry secrets).
+            let error = (code != tonic::Code::Ok)
+                .then(|| {
+                    resp.headers()
+                        .get("grpc-message")
+                        .map(|v| percent_decode(v.as_bytes()))
+                })
+                .flatten();
             let detail = resp.extensions().get::<AuditDetail>().cloned();
             let (slot_key, context) = slot.take();
             let context_hmac = match (context.is_empty(), sink.seal.get()) {
@@ -540,7 +568,7 @@ where
                 version: detail.and_then(|d| d.version),
                 outcome: outcome.into(),
                 code: code_name(code),
-                error: None,
+                error,
                 context_hmac,
                 prev: GENESIS_PREV.to_string(),
             };
