@@ -263,6 +263,11 @@ impl Server {
         child.wait_with_output().unwrap()
     }
 
+    /// The server's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown path runs, as in a crash.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

@@ -259,3 +259,33 @@ fn broken_policies_stop_the_server_at_start() {
     assert!(err.contains("bad.toml:"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
 }
+
+/// SIGHUP reloads the policies like the RPC does (waits, bounded, for the signal to land).
+#[tokio::test]
+async fn sighup_reloads_policies() {
+    let inst = Installation::new();
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let op = server.client().await;
+    let other = server.client_as(&inst.pki, "other").await;
+    create(&op, "k").await.unwrap();
+    assert_eq!(get(&other, "k").await.map(drop), DENIED);
+    std::fs::write(
+        inst.policies_dir().join("other.toml"),
+        "[[rule]]\nid = \"other-read\"\neffect = \"allow\"\nprincipals = [\"spiffe://kms.test/other\"]\noperations = [\"read\"]\nkeys = [\"**\"]\n",
+    )
+    .unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while get(&other, "k").await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not reload the policies"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
