@@ -63,15 +63,6 @@ impl AuditSlot {
     }
 }
 
-/// The key that HMACs context values in audit records, derived from the keyring (stable
-/// across barrier rotations). None while sealed.
-pub async fn audit_key(seal: &crate::Seal) -> Option<kms_core::audit::AuditKey> {
-    let keyring = seal.keyring().await.ok()?;
-    Some(kms_core::audit::AuditKey::from_secret(
-        keyring.derive_stable(b"kms audit hmac v1"),
-    ))
-}
-
 /// Attaches `key` and `version` to a response for its audit record.
 pub fn detail<T>(
     mut resp: tonic::Response<T>,
@@ -95,8 +86,8 @@ pub struct AuditSink {
     node: String,
     /// Rotate the file once it reaches this size (0: never).
     max_bytes: u64,
-    /// For the context HMAC key (set once the server is built).
-    seal: std::sync::OnceLock<Arc<crate::Seal>>,
+    /// Holds the context HMAC key while unsealed (set once the server is built).
+    keystore: std::sync::OnceLock<Arc<crate::keystore::Keystore>>,
     state: Mutex<State>,
     /// Group commit: the highest line known durable in the current file generation, and the
     /// same for the file retired by the last rotation. One fsync covers every line appended
@@ -143,7 +134,7 @@ impl AuditSink {
             path: path.to_path_buf(),
             node: node.to_string(),
             max_bytes,
-            seal: std::sync::OnceLock::new(),
+            keystore: std::sync::OnceLock::new(),
             state: Mutex::new(State {
                 file: Some((Arc::new(file), ino)),
                 chain,
@@ -291,9 +282,9 @@ impl AuditSink {
         Ok(head)
     }
 
-    /// Connects the seal, whose keyring gives the context HMAC key.
-    pub fn attach_seal(&self, seal: Arc<crate::Seal>) {
-        let _ = self.seal.set(seal);
+    /// Connects the keystore, which holds the context HMAC key while unsealed.
+    pub fn attach_keystore(&self, keystore: Arc<crate::keystore::Keystore>) {
+        let _ = self.keystore.set(keystore);
     }
 
     pub fn node(&self) -> &str {
@@ -543,13 +534,12 @@ where
                 .flatten();
             let detail = resp.extensions().get::<AuditDetail>().cloned();
             let (slot_key, context) = slot.take();
-            let context_hmac = match (context.is_empty(), sink.seal.get()) {
-                (false, Some(seal)) => match audit_key(seal).await {
-                    Some(k) => kms_core::audit::context_hmacs(&k, context.iter()),
-                    None => Default::default(),
-                },
-                _ => Default::default(),
-            };
+            let key = (!context.is_empty())
+                .then(|| sink.keystore.get().and_then(|k| k.audit_key()))
+                .flatten();
+            let context_hmac = key
+                .map(|k| kms_core::audit::context_hmacs(&k, context.iter()))
+                .unwrap_or_default();
             drop(context);
             let outcome = match code {
                 tonic::Code::Ok => "ok",
@@ -607,6 +597,17 @@ impl AuditService {
     pub fn new(sink: Arc<AuditSink>, seal: Arc<crate::Seal>, authz: Arc<crate::Authz>) -> Self {
         Self { sink, seal, authz }
     }
+
+    /// Both RPCs need the `audit-read` grant.
+    fn allow<T>(&self, req: &tonic::Request<T>) -> Result<(), crate::KmsError> {
+        let who = crate::principal::of(req)?;
+        self.authz.check(
+            &who,
+            kms_core::policy::Operation::AuditRead,
+            None,
+            &Default::default(),
+        )
+    }
 }
 
 #[tonic::async_trait]
@@ -615,13 +616,7 @@ impl kms_proto::v1::audit_server::Audit for AuditService {
         &self,
         req: tonic::Request<kms_proto::v1::AuditHeadRequest>,
     ) -> Result<tonic::Response<kms_proto::v1::AuditHeadResponse>, tonic::Status> {
-        let who = crate::principal::of(&req)?;
-        self.authz.check(
-            &who,
-            kms_core::policy::Operation::AuditRead,
-            None,
-            &Default::default(),
-        )?;
+        self.allow(&req)?;
         let head = self.sink.seal_head(&self.seal).await?;
         Ok(tonic::Response::new(kms_proto::v1::AuditHeadResponse {
             seq: head.seq,
@@ -634,14 +629,13 @@ impl kms_proto::v1::audit_server::Audit for AuditService {
         &self,
         req: tonic::Request<kms_proto::v1::AuditHmacRequest>,
     ) -> Result<tonic::Response<kms_proto::v1::AuditHmacResponse>, tonic::Status> {
-        let who = crate::principal::of(&req)?;
-        self.authz.check(
-            &who,
-            kms_core::policy::Operation::AuditRead,
-            None,
-            &Default::default(),
-        )?;
-        let key = audit_key(&self.seal).await.ok_or(crate::KmsError::Sealed)?;
+        self.allow(&req)?;
+        let key = self
+            .sink
+            .keystore
+            .get()
+            .and_then(|k| k.audit_key())
+            .ok_or(crate::KmsError::Sealed)?;
         Ok(tonic::Response::new(kms_proto::v1::AuditHmacResponse {
             hmac: key.hmac_value(&req.into_inner().value),
         }))

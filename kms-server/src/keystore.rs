@@ -71,6 +71,8 @@ struct CachedKey {
 struct Cache {
     by_name: HashMap<KeyName, Arc<CachedKey>>,
     by_id: HashMap<KeyId, Arc<CachedKey>>,
+    /// The audit HMAC key, derived once per unseal; wiped with the cache on seal.
+    audit_key: Option<Secret32>,
 }
 
 pub struct Keystore {
@@ -143,6 +145,17 @@ impl Keystore {
             .ok_or(KmsError::Sealed)
     }
 
+    /// The key that HMACs encryption-context values in audit records (stable across barrier
+    /// rotations). `None` while sealed. Cached, so the audit of Encrypt touches no lock
+    /// beyond the key cache's.
+    pub fn audit_key(&self) -> Option<kms_core::audit::AuditKey> {
+        let cache = self.cache().ok()?;
+        cache
+            .audit_key
+            .clone()
+            .map(kms_core::audit::AuditKey::from_secret)
+    }
+
     /// `Sealed` unless the keys are loaded and the KMS unsealed.
     pub fn check_unsealed(&self) -> Result<(), KmsError> {
         self.cache().map(|_| ())
@@ -163,7 +176,10 @@ impl Keystore {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let keyring = self.seal.keyring().await?;
         let backend = self.seal.backend();
-        let mut cache = Cache::default();
+        let mut cache = Cache {
+            audit_key: Some(keyring.derive_stable(b"kms audit hmac v1")),
+            ..Cache::default()
+        };
         let paths = backend.list("keys/").await?;
         for path in &paths {
             if !path.ends_with("/meta") {
@@ -617,6 +633,7 @@ impl Keystore {
         let mut next = Cache {
             by_name: cache.by_name.clone(),
             by_id: cache.by_id.clone(),
+            audit_key: cache.audit_key.clone(),
         };
         next.by_name.insert(key.meta.name.clone(), key.clone());
         next.by_id.insert(key.meta.id, key);

@@ -92,8 +92,8 @@ pub async fn serve(
     seal: Arc<Seal>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    sink.attach_seal(seal.clone());
     let keystore = Arc::new(keystore::Keystore::new(seal.clone(), config.keys.clone()));
+    sink.attach_keystore(keystore.clone());
     let mfa = Arc::new(mfa::Mfa::new(seal.clone()));
     authz.attach_mfa(mfa.clone());
     if !seal.status().await.sealed {
