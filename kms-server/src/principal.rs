@@ -11,8 +11,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::error::KmsError;
 
-/// The authenticated caller.
-#[derive(Debug, Clone)]
+/// The authenticated caller. `Debug` never shows the TOTP code.
+#[derive(Clone)]
 pub struct Principal {
     pub name: String,
     /// The peer's socket address, for audit and rate limiting.
@@ -21,6 +21,16 @@ pub struct Principal {
     pub totp: Option<String>,
     /// Where the access check notes the key for the audit record.
     pub audit: crate::audit_sink::AuditSlot,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("name", &self.name)
+            .field("peer", &self.peer)
+            .field("totp", &self.totp.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Principal {
@@ -127,5 +137,20 @@ mod tests {
         assert_eq!(name_of(&cert(vec![], Some("cn"))).unwrap(), "cn");
         assert!(name_of(&cert(vec![], None)).is_err());
         assert!(name_of(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_totp_code() {
+        let p = Principal {
+            name: "n".into(),
+            peer: "127.0.0.1:1".into(),
+            totp: Some("493817".into()),
+            audit: Default::default(),
+        };
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("493817") && shown.contains("redacted"),
+            "{shown}"
+        );
     }
 }
