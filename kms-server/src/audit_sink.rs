@@ -1,6 +1,6 @@
 //! The audit sink: one hash-chained JSON line per request (format in `docs/audit-format.md`),
-//! written and fsynced before the response leaves; if it cannot be written the request is
-//! refused (fail closed).
+//! written before the response leaves (and fsynced first, for state changes: see
+//! [`SyncPolicy`]); if it cannot be written the request is refused (fail closed).
 //!
 //! Implemented as a tower layer around every gRPC service, so denied and failed calls are
 //! recorded like successful ones. What it records: time, sequence, request id, node,
@@ -13,11 +13,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kms_core::audit::{Chain, GENESIS_PREV, Record};
+use tokio::sync::oneshot;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -76,200 +78,253 @@ pub fn detail<T>(
     resp
 }
 
-/// How long a request waits for its audit record to be durable before it is refused: a stuck
-/// disk must not hang the server.
-pub const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a request waits for its audit record before it is refused: a stuck disk must not
+/// hang the server.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The open log and the chain state.
+/// Records waiting for the writer beyond this many are refused at once, so a stuck disk
+/// cannot grow the queue without bound.
+const MAX_QUEUED: usize = 65_536;
+
+/// When a record must be durable (fsynced) before its response leaves (`[audit] sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncPolicy {
+    /// Calls that change state (and every call of the operator, policy, MFA and audit
+    /// services) wait for fsync. Data-plane calls (encrypt, decrypt, re-encrypt, data keys,
+    /// random, key reads) wait until their record is written to the operating system, which
+    /// survives a crash of the server process; group commit fsyncs it within
+    /// `sync_interval_ms`. A power loss can lose at most that window of data-plane records.
+    #[default]
+    StateChanges,
+    /// Every call waits for fsync.
+    EveryRequest,
+}
+
+/// Calls that change no state: with [`SyncPolicy::StateChanges`] their records are not
+/// waited on for fsync. Every other operation (including unknown ones) is.
+const DATA_PLANE: &[&str] = &[
+    "/kms.v1.Crypto/Encrypt",
+    "/kms.v1.Crypto/Decrypt",
+    "/kms.v1.Crypto/ReEncrypt",
+    "/kms.v1.Crypto/GenerateDataKey",
+    "/kms.v1.Crypto/BatchEncrypt",
+    "/kms.v1.Crypto/BatchDecrypt",
+    "/kms.v1.Crypto/GenerateRandom",
+    "/kms.v1.KeyAdmin/GetKey",
+    "/kms.v1.KeyAdmin/ListKeys",
+    "/kms.v1.Operator/Status",
+];
+
+/// The audit log: a writer thread appends records in batches (one `write` per batch, in
+/// chain order) and a sync thread makes them durable, one `fdatasync` for every record
+/// appended before it started (group commit). Requests wait on a channel, with a bound.
 pub struct AuditSink {
     path: PathBuf,
     node: String,
-    /// Rotate the file once it reaches this size (0: never).
-    max_bytes: u64,
+    policy: SyncPolicy,
+    /// False only in dev mode's `--no-audit` (benchmarks): nothing is recorded.
+    enabled: AtomicBool,
     /// Holds the context HMAC key while unsealed (set once the server is built).
     keystore: std::sync::OnceLock<Arc<crate::keystore::Keystore>>,
-    state: Mutex<State>,
-    /// Group commit: the highest line known durable in the current file generation, and the
-    /// same for the file retired by the last rotation. One fsync covers every line appended
-    /// before it started; concurrent writers wait for it instead of syncing.
-    synced: Mutex<Synced>,
+    next_request: AtomicU64,
+    shared: Arc<Shared>,
 }
 
-#[derive(Default)]
-struct Synced {
-    current: (u64, u64),
-    /// Generations closed by rotation: every line of them was fsynced before the rename.
-    /// (A file replaced from outside is not here: its unsynced writers are refused.)
-    rotated: std::collections::VecDeque<u64>,
+/// State shared by the request side, the writer thread and the sync thread.
+struct Shared {
+    queue: Mutex<Vec<Job>>,
+    queue_cv: Condvar,
+    sync: Mutex<SyncState>,
+    sync_cv: Condvar,
+    /// The head of the chain: the last record written.
+    head: Mutex<kms_core::audit::Head>,
+    /// False after a failed write or fsync, until the writer has reopened the log: requests
+    /// then check with the writer before they run (fail closed).
+    healthy: AtomicBool,
 }
 
-/// Rotated generations remembered; a writer stalled across more rotations than this is
-/// refused (fail closed) rather than wrongly acknowledged.
-const ROTATIONS_REMEMBERED: usize = 64;
-
-impl Synced {
-    fn covers(&self, generation: u64, ticket: u64) -> bool {
-        (self.current.0 == generation && self.current.1 >= ticket)
-            || self.rotated.contains(&generation)
-    }
+enum Job {
+    Record {
+        record: Box<Record>,
+        durable: bool,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Answers once the log is open and writable (and, if `durable`, once everything written
+    /// before it is fsynced).
+    Probe {
+        durable: bool,
+        done: oneshot::Sender<Result<(), String>>,
+    },
 }
 
-struct State {
-    /// None after a failed write: the next request reopens the path or is refused.
+type Done = oneshot::Sender<Result<(), String>>;
+
+/// A request waiting for durability: (generation, line count that must be synced, answer).
+type Waiter = (u64, u64, Done);
+
+/// What the sync thread works from; the writer updates it after every batch.
+struct SyncState {
+    /// The open file and its generation (bumped on every reopen or rotation).
     file: Option<(Arc<File>, u64)>,
-    chain: Chain,
-    next_request: u64,
-    /// Bumped when the file is reopened; lines are counted per generation.
-    generation: u64,
-    /// Lines appended to the current file.
+    /// Lines appended to the current generation, and how many of them are fsynced.
     written: u64,
+    synced: u64,
+    /// Requests waiting for durability: (generation, line count that must be synced).
+    waiters: Vec<Waiter>,
+    /// Set by the sync thread when an fsync failed: the writer must reopen this generation.
+    broken: Option<u64>,
+    interval: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn answer(done: oneshot::Sender<Result<(), String>>, r: Result<(), String>) {
+    // The request may have given up (timeout); nothing to tell it then.
+    let _ = done.send(r);
 }
 
 impl AuditSink {
-    /// Opens (or creates) the log at `path` and resumes its chain from the last complete
-    /// line. A torn last line (a crash mid-write, never acknowledged) is cut off.
-    pub fn open(path: &Path, node: &str, max_bytes: u64) -> Result<Self, String> {
-        let (file, ino, chain) = open_and_resume(path)?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            node: node.to_string(),
-            max_bytes,
-            keystore: std::sync::OnceLock::new(),
-            state: Mutex::new(State {
-                file: Some((Arc::new(file), ino)),
-                chain,
-                next_request: 0,
-                generation: 0,
+    /// Opens (or creates) the log named in `config` and resumes its chain from the last
+    /// complete line. A torn last line (a crash mid-write, never acknowledged) is cut off.
+    /// Starts the writer and sync threads.
+    pub fn open(config: &crate::config::AuditConfig) -> Result<Self, String> {
+        let (file, ino, chain) = open_and_resume(&config.path)?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("audit log {}: {e}", config.path.display()))?
+            .len();
+        let file = Arc::new(file);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Vec::new()),
+            queue_cv: Condvar::new(),
+            sync: Mutex::new(SyncState {
+                file: Some((file.clone(), 0)),
                 written: 0,
+                synced: 0,
+                waiters: Vec::new(),
+                broken: None,
+                interval: Duration::from_millis(config.sync_interval_ms.clamp(1, 1000)),
             }),
-            synced: Mutex::new(Synced::default()),
+            sync_cv: Condvar::new(),
+            head: Mutex::new(chain.head()),
+            healthy: AtomicBool::new(true),
+        });
+        let writer = Writer {
+            path: config.path.clone(),
+            node: config.node.clone(),
+            max_bytes: config.max_bytes,
+            file: Some((file, ino, len)),
+            chain,
+            generation: 0,
+            written: 0,
+            shared: shared.clone(),
+        };
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map(drop)
+                .map_err(|e| format!("cannot start the audit {name} thread: {e}"))
+        };
+        spawn("audit-writer", Box::new(move || writer.run()))?;
+        let syncer = shared.clone();
+        spawn("audit-sync", Box::new(move || sync_loop(&syncer)))?;
+        Ok(Self {
+            path: config.path.clone(),
+            node: config.node.clone(),
+            policy: config.sync,
+            enabled: AtomicBool::new(true),
+            keystore: std::sync::OnceLock::new(),
+            next_request: AtomicU64::new(0),
+            shared,
         })
     }
 
-    /// Checks that the log can take a record: its path is still the file we hold (reopened
-    /// if it was replaced or after a failed write). Called before a request runs.
-    fn available(&self) -> Result<(), String> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let current = std::fs::metadata(&self.path).ok().filter(|m| m.is_file());
-        let same = match (&st.file, &current) {
-            (Some((_, ino)), Some(m)) => m.ino() == *ino,
-            _ => false,
-        };
-        if !same {
-            let (file, ino, chain) = open_and_resume(&self.path)?;
-            st.file = Some((Arc::new(file), ino));
-            st.chain = chain;
-            st.generation += 1;
-            st.written = 0;
-            tracing::warn!(path = %self.path.display(), "audit log reopened");
-        }
-        Ok(())
+    /// Stops recording (dev mode `--no-audit`, to measure what the audit costs).
+    pub fn disable(&self) {
+        tracing::warn!("audit disabled (dev mode --no-audit): nothing is recorded");
+        self.enabled.store(false, Ordering::SeqCst);
     }
 
-    /// Appends one record and makes it durable (blocking: call from the blocking pool).
-    fn write(&self, mut record: Record) -> Result<(), String> {
-        let fail =
-            |e: std::io::Error| format!("cannot write the audit log {}: {e}", self.path.display());
-        // 1. Append under the state lock, so lines and the chain stay in order.
-        let (file, generation, ticket) = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let Some((f, _)) = st.file.clone() else {
-                return Err("audit log is not open".into());
-            };
-            record.node = self.node.clone();
-            let mut next = st.chain.clone();
-            let line = next.append(record);
-            if let Err(e) = (&*f).write_all(format!("{line}\n").as_bytes()) {
-                // The file may now end with a partial line: reopen (and cut it) next time.
-                st.file = None;
-                return Err(fail(e));
+    /// Hands a job to the writer and waits for its answer, at most [`WRITE_TIMEOUT`].
+    async fn submit(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Job,
+    ) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut queue = lock(&self.shared.queue);
+            if queue.len() >= MAX_QUEUED {
+                return Err(format!(
+                    "{MAX_QUEUED} records already wait for the audit log"
+                ));
             }
-            st.chain = next;
-            st.written += 1;
-            (f, st.generation, st.written)
-        };
-        // 2. Make it durable, sharing one fsync among concurrent writers.
-        let mut synced = self.synced.lock().unwrap_or_else(|p| p.into_inner());
-        if synced.covers(generation, ticket) {
-            return Ok(());
+            queue.push(job(tx));
         }
-        let covering = {
-            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.generation != generation {
-                // Reopened since our append: our line went to the file that was replaced.
-                return Err(format!("audit log {} was replaced", self.path.display()));
-            }
-            st.written
-        };
-        if let Err(e) = file.sync_data() {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.generation == generation {
-                st.file = None;
-            }
-            return Err(fail(e));
+        self.shared.queue_cv.notify_one();
+        match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the audit writer stopped".into()),
+            Err(_) => Err(format!(
+                "audit log {} did not answer within {} s",
+                self.path.display(),
+                WRITE_TIMEOUT.as_secs()
+            )),
         }
-        synced.current = (generation, covering);
-        if self.max_bytes > 0 {
-            // Under the sync lock: no writer of the old file can be left unsynced. A failed
-            // rotation is logged, not returned: this record is already durable.
-            if let Err(e) = self.rotate_if_full(&mut synced) {
-                tracing::error!(error = %e, "audit log rotation failed; will retry");
-            }
-        }
-        Ok(())
     }
 
-    /// Renames a full log to `<path>.<last seq>` and continues the chain in a new file.
-    fn rotate_if_full(&self, synced: &mut Synced) -> Result<(), String> {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((file, _)) = st.file.clone() else {
-            return Ok(());
-        };
-        let io = |e: std::io::Error| format!("{}: {e}", self.path.display());
-        if file.metadata().map_err(io)?.len() < self.max_bytes {
-            return Ok(());
-        }
-        // Lines appended since this writer's fsync are made durable before the file closes.
-        file.sync_data().map_err(io)?;
-        synced.rotated.push_back(st.generation);
-        if synced.rotated.len() > ROTATIONS_REMEMBERED {
-            synced.rotated.pop_front();
-        }
-        let rotated = rotated_name(&self.path, st.chain.head().seq);
-        std::fs::rename(&self.path, &rotated).map_err(io)?;
-        let new = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        let ino = new.metadata().map_err(io)?.ino();
-        // The chain goes on: the new file's first record points at the old file's last.
-        st.file = Some((Arc::new(new), ino));
-        st.generation += 1;
-        st.written = 0;
-        tracing::info!(rotated = %rotated.display(), "audit log rotated");
-        Ok(())
+    /// Appends one record; returns once it is written (and fsynced, if `durable`).
+    async fn write(&self, record: Record, durable: bool) -> Result<(), String> {
+        self.submit(|done| Job::Record {
+            record: Box::new(record),
+            durable,
+            done,
+        })
+        .await
+    }
+
+    /// Checks with the writer that the log is open and writable (reopening it if it was
+    /// replaced or after a failure).
+    async fn probe(&self) -> Result<(), String> {
+        self.submit(|done| Job::Probe {
+            durable: false,
+            done,
+        })
+        .await
+    }
+
+    /// Returns once every record written so far is durable.
+    pub async fn flush(&self) -> Result<(), String> {
+        self.submit(|done| Job::Probe {
+            durable: true,
+            done,
+        })
+        .await
+    }
+
+    /// Whether a call must wait for its record to be fsynced.
+    fn durable(&self, path: &str) -> bool {
+        self.policy == SyncPolicy::EveryRequest || !DATA_PLANE.contains(&path)
     }
 
     /// The head of the chain: the last record written.
     pub fn head(&self) -> kms_core::audit::Head {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .chain
-            .head()
+        lock(&self.shared.head).clone()
     }
 
     /// Seals the current head into storage (`audit/head/<node>`, barrier-encrypted), so a log
-    /// whose tail was cut no longer reaches it. Needs the KMS unsealed.
+    /// whose tail was cut no longer reaches it. Needs the KMS unsealed. The log is flushed
+    /// first: a sealed head never points past what is durable.
     pub async fn seal_head(
         &self,
         seal: &crate::Seal,
     ) -> Result<kms_core::audit::Head, crate::KmsError> {
+        self.flush()
+            .await
+            .map_err(crate::KmsError::AuditUnavailable)?;
         let head = self.head();
         let keyring = seal.keyring().await?;
         let path = format!("audit/head/{}", hex::encode(self.node.as_bytes()));
@@ -292,9 +347,257 @@ impl AuditSink {
     }
 
     fn request_id(&self) -> String {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.next_request += 1;
-        format!("{}-{}", self.node, st.next_request)
+        let n = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{}-{n}", self.node)
+    }
+}
+
+/// The writer thread's state: it alone touches the file and the chain.
+struct Writer {
+    path: PathBuf,
+    node: String,
+    /// Rotate the file once it reaches this size (0: never).
+    max_bytes: u64,
+    /// The open file, its inode and its length; None after a failed write.
+    file: Option<(Arc<File>, u64, u64)>,
+    chain: Chain,
+    generation: u64,
+    /// Lines appended to the current generation.
+    written: u64,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let jobs = {
+                let mut queue = lock(&self.shared.queue);
+                while queue.is_empty() {
+                    queue = self
+                        .shared
+                        .queue_cv
+                        .wait(queue)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                std::mem::take(&mut *queue)
+            };
+            self.batch(jobs);
+        }
+    }
+
+    fn fail(&self, jobs: Vec<Job>, error: &str) {
+        self.shared.healthy.store(false, Ordering::SeqCst);
+        for job in jobs {
+            let (Job::Record { done, .. } | Job::Probe { done, .. }) = job;
+            answer(done, Err(error.to_string()));
+        }
+    }
+
+    /// Makes sure `self.file` is the file at the path: reopens it if it was replaced, after
+    /// a failed write, or after a failed fsync. One `stat` per batch.
+    fn ensure_open(&mut self) -> Result<(), String> {
+        let broken = lock(&self.shared.sync).broken == Some(self.generation);
+        let current = std::fs::metadata(&self.path).ok().filter(|m| m.is_file());
+        let same = match (&self.file, &current) {
+            (Some((_, ino, _)), Some(m)) => m.ino() == *ino,
+            _ => false,
+        };
+        if same && !broken {
+            return Ok(());
+        }
+        self.file = None;
+        let (file, ino, chain) = open_and_resume(&self.path)?;
+        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        let file = Arc::new(file);
+        self.chain = chain;
+        *lock(&self.shared.head) = self.chain.head();
+        self.new_generation(file.clone());
+        self.file = Some((file, ino, len));
+        tracing::warn!(path = %self.path.display(), "audit log reopened");
+        Ok(())
+    }
+
+    /// Switches the sync thread to a new file. Records of the old file still waiting for
+    /// fsync are refused: their lines went to a file that is no longer the log (or whose
+    /// fsync failed).
+    fn new_generation(&mut self, file: Arc<File>) {
+        self.generation += 1;
+        self.written = 0;
+        let mut sync = lock(&self.shared.sync);
+        for (_, _, done) in sync.waiters.drain(..) {
+            answer(
+                done,
+                Err("the audit log was replaced before this record was durable".into()),
+            );
+        }
+        sync.file = Some((file, self.generation));
+        sync.written = 0;
+        sync.synced = 0;
+        sync.broken = None;
+    }
+
+    fn batch(&mut self, jobs: Vec<Job>) {
+        if let Err(e) = self.ensure_open() {
+            tracing::error!(error = %e, "audit log unavailable");
+            return self.fail(jobs, &e);
+        }
+        let Some((file, _, len)) = self.file.clone() else {
+            return self.fail(jobs, "audit log is not open");
+        };
+        let mut text = String::new();
+        let mut chain = self.chain.clone();
+        let mut lines = 0;
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job {
+                Job::Record {
+                    mut record,
+                    durable,
+                    done,
+                } => {
+                    record.node.clone_from(&self.node);
+                    text.push_str(&chain.append(*record));
+                    text.push('\n');
+                    lines += 1;
+                    answers.push((durable, done));
+                }
+                Job::Probe { durable, done } => answers.push((durable, done)),
+            }
+        }
+        if let Err(e) = (&*file).write_all(text.as_bytes()) {
+            // The file may now end with a partial line: reopen (and cut it) next time.
+            self.file = None;
+            let e = format!("cannot write the audit log {}: {e}", self.path.display());
+            tracing::error!(error = %e, "audit record not written");
+            self.shared.healthy.store(false, Ordering::SeqCst);
+            for (_, done) in answers {
+                answer(done, Err(e.clone()));
+            }
+            return;
+        }
+        self.chain = chain;
+        *lock(&self.shared.head) = self.chain.head();
+        self.shared.healthy.store(true, Ordering::SeqCst);
+        self.written += lines;
+        let len = len + text.len() as u64;
+        if let Some(f) = &mut self.file {
+            f.2 = len;
+        }
+        {
+            let mut sync = lock(&self.shared.sync);
+            sync.written = self.written;
+            for (durable, done) in answers {
+                if durable {
+                    sync.waiters.push((self.generation, self.written, done));
+                } else {
+                    answer(done, Ok(()));
+                }
+            }
+        }
+        self.shared.sync_cv.notify_one();
+        if self.max_bytes > 0 && len >= self.max_bytes {
+            // A failed rotation is logged, not returned: these records are written.
+            if let Err(e) = self.rotate(&file) {
+                tracing::error!(error = %e, "audit log rotation failed; will retry");
+            }
+        }
+    }
+
+    /// Renames the full log to `<path>.<last seq>` and continues the chain in a new file.
+    /// Every line of the old file is fsynced first, so its waiters are answered.
+    fn rotate(&mut self, old: &File) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("{}: {e}", self.path.display());
+        old.sync_data().map_err(io)?;
+        {
+            let mut sync = lock(&self.shared.sync);
+            let generation = self.generation;
+            let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut sync.waiters)
+                .into_iter()
+                .partition(|(g, _, _)| *g == generation);
+            sync.waiters = keep;
+            for (_, _, d) in done {
+                answer(d, Ok(()));
+            }
+            sync.synced = sync.written;
+        }
+        let rotated = rotated_name(&self.path, self.chain.head().seq);
+        std::fs::rename(&self.path, &rotated).map_err(io)?;
+        let new = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        let ino = new.metadata().map_err(io)?.ino();
+        // The chain goes on: the new file's first record points at the old file's last.
+        let new = Arc::new(new);
+        self.new_generation(new.clone());
+        self.file = Some((new, ino, 0));
+        tracing::info!(rotated = %rotated.display(), "audit log rotated");
+        Ok(())
+    }
+}
+
+/// The sync thread: fsyncs when a request waits for durability (at once: group commit) or
+/// when written lines are older than the sync interval.
+fn sync_loop(shared: &Shared) {
+    let mut last_sync = Instant::now();
+    let mut st = lock(&shared.sync);
+    loop {
+        let dirty = st.written > st.synced;
+        let due = dirty && last_sync.elapsed() >= st.interval;
+        if st.waiters.is_empty() && !due {
+            let wait = if dirty {
+                st.interval.saturating_sub(last_sync.elapsed())
+            } else {
+                Duration::from_secs(3600)
+            };
+            st = shared
+                .sync_cv
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            continue;
+        }
+        let Some((file, generation)) = st.file.clone() else {
+            for (_, _, done) in st.waiters.drain(..) {
+                answer(done, Err("audit log is not open".into()));
+            }
+            continue;
+        };
+        let covering = st.written;
+        drop(st);
+        let result = file.sync_data();
+        last_sync = Instant::now();
+        st = lock(&shared.sync);
+        let ok = result.is_ok();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "audit log fsync failed; reopening it");
+            shared.healthy.store(false, Ordering::SeqCst);
+            if st.file.as_ref().is_some_and(|(_, g)| *g == generation) {
+                st.broken = Some(generation);
+            }
+        } else if st.file.as_ref().is_some_and(|(_, g)| *g == generation) {
+            st.synced = st.synced.max(covering);
+        }
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut st.waiters)
+            .into_iter()
+            .partition(|(g, n, _)| *g == generation && (*n <= covering || !ok));
+        st.waiters = keep;
+        for (_, _, d) in done {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(format!("cannot fsync the audit log: {e}")),
+            };
+            answer(d, r);
+        }
+        if !ok {
+            // Wake the writer so it reopens the log before the next batch.
+            shared.queue_cv.notify_one();
+        }
     }
 }
 
@@ -488,7 +791,7 @@ where
         let sink = self.sink.clone();
         Box::pin(async move {
             let path = req.uri().path().to_string();
-            if !audited(&path) {
+            if !sink.enabled.load(Ordering::Relaxed) || !audited(&path) {
                 return inner.call(req).await;
             }
             let time = now_rfc3339();
@@ -511,8 +814,13 @@ where
                 ),
                 None => (String::new(), String::new()),
             };
-            // Fail closed: a request runs only if its record can be written.
-            if let Err(e) = sink.available() {
+            // Fail closed: a request runs only if its record can be written. A state change
+            // checks with the writer first; a data-plane call only after a failure (its
+            // result is withheld anyway if the record cannot be written).
+            let durable = sink.durable(&path);
+            if (durable || !sink.shared.healthy.load(Ordering::SeqCst))
+                && let Err(e) = sink.probe().await
+            {
                 tracing::error!(error = %e, "audit unavailable; refusing the request");
                 return Ok(tonic::Status::unavailable("audit unavailable: the request was not run; the operators must restore the audit log").into_http());
             }
@@ -562,21 +870,7 @@ where
                 context_hmac,
                 prev: GENESIS_PREV.to_string(),
             };
-            // The write and fsync block: run them off the async workers, with a bound.
-            let writer = sink.clone();
-            let written = tokio::time::timeout(
-                WRITE_TIMEOUT,
-                tokio::task::spawn_blocking(move || writer.write(record)),
-            )
-            .await;
-            let written = match written {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => Err(format!("audit writer failed: {e}")),
-                Err(_) => Err(format!(
-                    "audit write did not finish within {} s",
-                    WRITE_TIMEOUT.as_secs()
-                )),
-            };
+            let written = sink.write(record, durable).await;
             if let Err(e) = written {
                 tracing::error!(error = %e, "audit record not written; refusing the response");
                 return Ok(tonic::Status::unavailable("audit unavailable: the outcome could not be recorded; check the operation's effect before retrying").into_http());

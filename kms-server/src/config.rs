@@ -33,6 +33,12 @@ pub struct AuditConfig {
     /// Rotate the log once it reaches this many bytes (0: never). Rotated files are named
     /// `<path>.<last sequence number>`; the chain continues across them.
     pub max_bytes: u64,
+    /// Which calls wait for their record to be fsynced: `"state-changes"` (default: data-plane
+    /// calls wait until the record is written to the OS and are fsynced by group commit within
+    /// `sync_interval_ms`) or `"every-request"`.
+    pub sync: crate::audit_sink::SyncPolicy,
+    /// The longest a written record stays un-fsynced (1–1000 ms; default 10).
+    pub sync_interval_ms: u64,
     /// Optional shipping of every record to a remote collector (JSON lines over TLS).
     pub ship: Option<crate::audit_ship::ShipConfig>,
 }
@@ -43,6 +49,8 @@ impl Default for AuditConfig {
             path: PathBuf::from("audit.log"),
             node: "kms-1".into(),
             max_bytes: 64 * 1024 * 1024,
+            sync: Default::default(),
+            sync_interval_ms: 10,
             ship: None,
         }
     }

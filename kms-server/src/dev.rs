@@ -26,13 +26,33 @@ const EXAMPLE_POLICIES: [(&str, &str); 6] = [
     ("service.toml", include_str!("../../policies/service.toml")),
 ];
 
+/// Dev-mode switches for measurements (see BENCHMARKS.md).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// False: record nothing (to measure what the audit costs).
+    pub audit: bool,
+    pub audit_sync: crate::audit_sink::SyncPolicy,
+    /// Ship the audit log to this collector, which must present the dev server certificate.
+    pub ship_to: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            audit: true,
+            audit_sync: Default::default(),
+            ship_to: None,
+        }
+    }
+}
+
 /// Starts dev mode in `data_dir` on `listen` and serves until SIGINT/SIGTERM.
 ///
 /// First run: generates a dev CA, a server certificate (localhost, 127.0.0.1), a default client
 /// certificate (`client.pem`, principal `spiffe://kms.dev/dev`) and one per example role, then
 /// initialises with one share (1-of-1). Every run: unseals, binds, writes `DATA_DIR/env` with
 /// the actual address (port 0 works) and prints it.
-pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
+pub async fn run(data_dir: &Path, listen: SocketAddr, options: Options) -> Result<(), String> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", data_dir.display()))?;
     let data_dir = data_dir
@@ -83,6 +103,14 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
         audit: crate::config::AuditConfig {
             path: data_dir.join("audit.log"),
             node: "dev".into(),
+            sync: options.audit_sync,
+            ship: options.ship_to.map(|addr| crate::audit_ship::ShipConfig {
+                addr,
+                server_name: "localhost".into(),
+                ca: tls_dir.join("ca.pem"),
+                client_cert: None,
+                client_key: None,
+            }),
             ..Default::default()
         },
         // Dev mode may lower the deletion waiting period to zero days, to try the lifecycle.
@@ -94,6 +122,10 @@ pub async fn run(data_dir: &Path, listen: SocketAddr) -> Result<(), String> {
     };
     let tls = crate::load_tls(&config)?;
     let sink = crate::open_audit(&config)?;
+    if !options.audit {
+        sink.disable();
+        println!("kms-server DEV MODE: --no-audit: NOTHING IS RECORDED in the audit log");
+    }
     let seal = crate::open_seal(&config).await?;
     let share_path = data_dir.join(SHARE_FILE);
     if !seal.status().await.initialized {

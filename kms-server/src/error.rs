@@ -31,6 +31,8 @@ pub enum KmsError {
     FailedPrecondition(String),
     #[error("storage unavailable: {0}")]
     Storage(#[from] StorageError),
+    #[error("audit unavailable: {0}")]
+    AuditUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -107,7 +109,7 @@ impl From<KmsError> for tonic::Status {
             KmsError::Storage(StorageError::Conflict { .. }) => tonic::Status::aborted(format!(
                 "{msg}; another change happened at the same time: retry"
             )),
-            KmsError::Storage(_) => tonic::Status::unavailable(msg),
+            KmsError::Storage(_) | KmsError::AuditUnavailable(_) => tonic::Status::unavailable(msg),
             KmsError::Internal(_) => tonic::Status::internal(msg),
         }
     }

@@ -54,12 +54,7 @@ pub fn open_audit(config: &Config) -> Result<Arc<audit_sink::AuditSink>, String>
     if let Some(ship) = &config.audit.ship {
         audit_ship::check(ship)?;
     }
-    audit_sink::AuditSink::open(
-        &config.audit.path,
-        &config.audit.node,
-        config.audit.max_bytes,
-    )
-    .map(Arc::new)
+    audit_sink::AuditSink::open(&config.audit).map(Arc::new)
 }
 
 /// Opens the configured storage and loads the seal configuration (sealed).

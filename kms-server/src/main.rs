@@ -38,6 +38,18 @@ enum Command {
         /// Address to listen on; port 0 picks a free port (the real one goes in DATA_DIR/env).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8200")]
         listen: SocketAddr,
+        /// Record nothing in the audit log. For measuring what the audit costs
+        /// (BENCHMARKS.md); only dev mode offers it.
+        #[arg(long)]
+        no_audit: bool,
+        /// Which calls wait for their audit record to be fsynced (see `[audit] sync` in
+        /// config.example.toml).
+        #[arg(long, value_name = "POLICY", default_value = "state-changes", value_parser = ["state-changes", "every-request"])]
+        audit_sync: String,
+        /// Also ship the audit log to a collector at ADDR (newline-delimited JSON over TLS;
+        /// its certificate must be the dev server certificate, e.g. `kms-bench collector`).
+        #[arg(long, value_name = "ADDR")]
+        ship_to: Option<String>,
     },
 }
 
@@ -62,8 +74,23 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match args.command {
-            Some(Command::Dev { data_dir, listen }) => {
-                kms_server::dev::run(&data_dir, listen).await
+            Some(Command::Dev {
+                data_dir,
+                listen,
+                no_audit,
+                audit_sync,
+                ship_to,
+            }) => {
+                let options = kms_server::dev::Options {
+                    audit: !no_audit,
+                    audit_sync: if audit_sync == "every-request" {
+                        kms_server::audit_sink::SyncPolicy::EveryRequest
+                    } else {
+                        kms_server::audit_sink::SyncPolicy::StateChanges
+                    },
+                    ship_to,
+                };
+                kms_server::dev::run(&data_dir, listen, options).await
             }
             None => {
                 let path = args.config.ok_or(

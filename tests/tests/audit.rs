@@ -195,6 +195,15 @@ async fn unwritable_audit_log_fails_closed() {
         }
         other => panic!("{other}"),
     };
+    // A state change is checked before it runs; a data-plane call's result is withheld.
+    refused(
+        c.call(c.key_admin().create_key(pb::CreateKeyRequest {
+            name: "k2".into(),
+            ..Default::default()
+        }))
+        .await
+        .map(drop),
+    );
     refused(
         c.encrypt("k", b"m".to_vec(), HashMap::new())
             .await
@@ -224,6 +233,46 @@ async fn unwritable_audit_log_fails_closed() {
         other => panic!("{other:?}"),
     };
     assert_eq!(s.code(), Code::NotFound);
+    assert!(verify(&inst).status.success());
+}
+
+/// A record is written before its response leaves: a data-plane call acknowledged just before
+/// the server is killed (SIGKILL) is in the log after the restart, and so is a state change.
+/// [SNC 12.6: every security-relevant event is logged]
+#[tokio::test]
+async fn acknowledged_calls_are_recorded_when_the_server_is_killed() {
+    let inst = Installation::new();
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
+        name: "killed".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    for _ in 0..5 {
+        c.encrypt("killed", b"m".to_vec(), HashMap::new())
+            .await
+            .unwrap();
+    }
+    server.kill();
+    let ops: Vec<String> = records(&inst)
+        .iter()
+        .filter(|r| r["key"] == "killed")
+        .map(|r| r["operation"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            "create-key",
+            "encrypt",
+            "encrypt",
+            "encrypt",
+            "encrypt",
+            "encrypt"
+        ]
+    );
     assert!(verify(&inst).status.success());
 }
 
