@@ -22,7 +22,6 @@ use kms_core::audit::{Chain, GENESIS_PREV, Record};
 use tokio::sync::oneshot;
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// What a handler adds to its response for the audit record: the key and version it used.
 #[derive(Clone, Debug)]
@@ -799,18 +798,10 @@ where
             let mut req = req;
             req.extensions_mut().insert(slot.clone());
             let request_id = sink.request_id();
-            let (principal, peer) = match req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() {
-                Some(info) => (
-                    info.peer_certs()
-                        .and_then(|c| {
-                            c.first()
-                                .and_then(|c| crate::principal::name_of(c.as_ref()).ok())
-                        })
-                        .unwrap_or_default(),
-                    info.get_ref()
-                        .remote_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default(),
+            let (principal, peer) = match req.extensions().get::<crate::tls::Peer>() {
+                Some(p) => (
+                    p.principal.as_deref().unwrap_or_default().to_string(),
+                    p.addr.map(|a| a.to_string()).unwrap_or_default(),
                 ),
                 None => (String::new(), String::new()),
             };

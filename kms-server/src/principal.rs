@@ -5,7 +5,6 @@
 //! CRL) during the TLS handshake, before any request was read.
 
 use tonic::Request;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -47,27 +46,21 @@ impl Principal {
 pub fn of<T>(req: &Request<T>) -> Result<Principal, KmsError> {
     let info = req
         .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .get::<crate::tls::Peer>()
         .ok_or_else(|| KmsError::Internal("request without TLS connection info".into()))?;
-    let peer = info
-        .get_ref()
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let certs = info.peer_certs().ok_or_else(|| {
-        KmsError::Internal("verified connection without client certificate".into())
+    let name = info.principal.as_deref().ok_or_else(|| {
+        KmsError::invalid(
+            "the client certificate has no URI SAN, DNS SAN or subject CN to name its principal",
+        )
     })?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| KmsError::Internal("empty client certificate chain".into()))?;
     let totp = req
         .metadata()
         .get(crate::mfa::HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     Ok(Principal {
-        name: name_of(leaf.as_ref())?,
-        peer,
+        name: name.to_string(),
+        peer: info.addr.map(|a| a.to_string()).unwrap_or_default(),
         totp,
         audit: req
             .extensions()

@@ -1,14 +1,18 @@
 //! mTLS: TLS 1.3 only, a client certificate from the configured CA required on every
 //! connection, and an accept loop that hands tonic only fully authenticated streams.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -71,13 +75,77 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// Who is on the other end of a connection: named once, after the handshake verified the
+/// client certificate, rather than by parsing the certificate on every request. Requests find
+/// it in their extensions (tonic's connect info).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The principal (see [`crate::principal::name_of`]); None if the certificate names none.
+    pub principal: Option<Arc<str>>,
+    pub addr: Option<SocketAddr>,
+}
+
+/// A verified mTLS connection and its [`Peer`].
+pub struct Conn {
+    stream: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
 /// Accepts TCP connections, runs each TLS handshake in its own task (a slow client does not
 /// block others) and yields only the streams whose handshake, including client certificate
 /// verification, succeeded.
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
-) -> tokio_stream::wrappers::ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<Conn, std::io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
@@ -100,8 +168,19 @@ pub fn incoming(
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                    Ok(Ok(stream)) => {
+                        let principal = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| crate::principal::name_of(c.as_ref()).ok())
+                            .map(Arc::from);
+                        let peer = Peer {
+                            principal,
+                            addr: Some(peer),
+                        };
+                        let _ = tx.send(Ok(Conn { stream, peer })).await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
