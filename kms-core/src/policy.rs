@@ -209,7 +209,34 @@ const MAX_PATTERN: usize = 1024;
 
 /// A validated glob on `/`-separated names (see the module docs for the semantics).
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Glob(String);
+pub struct Glob {
+    pattern: String,
+    /// Derived from `pattern` by [`Glob::new`], so equality and hashing mean the same as on
+    /// the pattern alone.
+    shape: Shape,
+    /// Length of the literal text before the first `*` (the whole pattern if none): every
+    /// matching name starts with it, since `*` never spans a `/`. Derived like `shape`.
+    literal: usize,
+}
+
+/// Which matcher [`Glob::is_match`] needs. A decision matches the principal and key globs of
+/// most rules of the set, so the common shapes are matched in place, without allocating; each
+/// gives the same answer as the general matcher (tested against it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Shape {
+    /// No `*`: an exact name.
+    Exact,
+    /// The only `*` is a final `**` segment (`a/b/**`, `**`): the name starts with the
+    /// literal part `a/b/`, which leaves it at least one more segment.
+    Prefix,
+    /// No `**` segment: the name has as many segments, matched pairwise.
+    Segments,
+    /// `**` is the last segment and the only `**`: the segments before it match the name's
+    /// first segments pairwise, and the name has at least one more.
+    TrailingAny,
+    /// Any other `**`: the general matcher.
+    General,
+}
 
 impl Glob {
     /// Parses a pattern. Refused: empty, longer than 1024 bytes, control characters, `**`
@@ -233,17 +260,68 @@ impl Glob {
                  use `*` inside a segment"
             ));
         }
-        Ok(Self(pattern.to_string()))
+        let literal = pattern.find('*').unwrap_or(pattern.len());
+        let any_segments = pattern.split('/').filter(|seg| *seg == "**").count();
+        let trailing_any = pattern == "**" || pattern.ends_with("/**");
+        let shape = if literal == pattern.len() {
+            Shape::Exact
+        } else if any_segments == 0 {
+            Shape::Segments
+        } else if any_segments == 1 && trailing_any && literal == pattern.len() - 2 {
+            Shape::Prefix
+        } else if any_segments == 1 && trailing_any {
+            Shape::TrailingAny
+        } else {
+            Shape::General
+        };
+        Ok(Self {
+            pattern: pattern.to_string(),
+            shape,
+            literal,
+        })
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.pattern
     }
 
     /// Whether `name` matches. Linear in the product of segment counts (no backtracking
     /// blow-up), so it is safe on names from the network.
     pub fn is_match(&self, name: &str) -> bool {
-        let p: Vec<&str> = self.0.split('/').collect();
+        // Most rules do not match most requests: reject on the literal part first.
+        if !name.starts_with(&self.pattern[..self.literal]) {
+            return false;
+        }
+        match self.shape {
+            // Pairwise byte equality of equally many segments is string equality.
+            Shape::Exact => self.pattern == name,
+            // The literal part ends with the `/` before `**`: the rest is one or more segments.
+            Shape::Prefix => true,
+            Shape::Segments => {
+                let mut names = name.split('/');
+                self.pattern.split('/').all(|p| {
+                    names
+                        .next()
+                        .is_some_and(|t| segment_match(p.as_bytes(), t.as_bytes()))
+                }) && names.next().is_none()
+            }
+            Shape::TrailingAny => {
+                // Invariant: this shape always ends with `/**` (a lone `**` is `Prefix`).
+                let prefix = &self.pattern[..self.pattern.len() - 3];
+                let mut names = name.split('/');
+                prefix.split('/').all(|p| {
+                    names
+                        .next()
+                        .is_some_and(|t| segment_match(p.as_bytes(), t.as_bytes()))
+                }) && names.next().is_some()
+            }
+            Shape::General => self.is_match_general(name),
+        }
+    }
+
+    /// The matcher for every shape: dynamic programming over pattern and name segments.
+    fn is_match_general(&self, name: &str) -> bool {
+        let p: Vec<&str> = self.pattern.split('/').collect();
         let t: Vec<&str> = name.split('/').collect();
         let n = t.len();
         // next[j]: does p[i+1..] match t[j..]? Computed from the end of the pattern.
@@ -297,13 +375,13 @@ fn segment_match(p: &[u8], t: &[u8]) -> bool {
 
 impl fmt::Display for Glob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.pattern)
     }
 }
 
 impl fmt::Debug for Glob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Glob({})", self.0)
+        write!(f, "Glob({})", self.pattern)
     }
 }
 
@@ -1081,6 +1159,79 @@ keys = ["payments/archive/**"]
         );
         // A key operation without a key is never allowed by a keyed rule.
         assert!(!decide(&s, api, "encrypt", None).is_allowed());
+    }
+
+    #[test]
+    fn glob_shapes_agree_with_the_general_matcher() {
+        let patterns = [
+            "a",
+            "a/b",
+            "*",
+            "a/*",
+            "*/b",
+            "a*",
+            "*a*",
+            "a/*/c",
+            "a/b*",
+            "spiffe://prod/*",
+            "spiffe://prod/a*/*",
+            "**",
+            "/**",
+            "a/**",
+            "a/*/**",
+            "*/**",
+            "a//**",
+            "a/b/**",
+            "spiffe://prod/**",
+            "**/b",
+            "a/**/b",
+            "**/**",
+            "a/**/**",
+            "**/*/**",
+            "é*/**",
+        ];
+        let names = [
+            "",
+            "/",
+            "//",
+            "a",
+            "b",
+            "ab",
+            "ba",
+            "a/",
+            "/a",
+            "a/b",
+            "a//b",
+            "a/b/",
+            "a/b/c",
+            "a/x/c",
+            "a/x/y/b",
+            "ab/c",
+            "b/a",
+            "a/bc",
+            "a/b/c/d",
+            "spiffe://prod/api",
+            "spiffe://prod/api/x",
+            "spiffe://prod",
+            "spiffe://prod/",
+            "spiffe://prod/ab/c",
+            "é",
+            "éa/b",
+        ];
+        let mut shapes = std::collections::BTreeSet::new();
+        for p in patterns {
+            let g = Glob::new(p).unwrap();
+            shapes.insert(format!("{:?}", g.shape));
+            for name in names {
+                assert_eq!(
+                    g.is_match(name),
+                    g.is_match_general(name),
+                    "pattern {p:?} ({:?}) on {name:?}",
+                    g.shape
+                );
+            }
+        }
+        assert_eq!(shapes.len(), 5, "every shape is exercised: {shapes:?}");
     }
 
     #[test]
