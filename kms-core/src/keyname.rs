@@ -22,6 +22,14 @@ impl KeyName {
     }
 }
 
+/// Ordering, equality and hashing are those of the name's text, so maps keyed by `KeyName`
+/// can be searched (and range-scanned) with a `&str`.
+impl std::borrow::Borrow<str> for KeyName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl FromStr for KeyName {
     type Err = KeyNameError;
 

@@ -16,6 +16,7 @@
 //!   change, so after a crash they may be low.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -67,10 +68,13 @@ struct CachedKey {
     pending_counts: Vec<AtomicU64>,
 }
 
+/// The keys of one unsealed period. Changes insert in place (O(log n)), so creating many
+/// keys stays linear; a seal replaces the whole cache.
 #[derive(Default)]
 struct Cache {
-    by_name: HashMap<KeyName, Arc<CachedKey>>,
-    by_id: HashMap<KeyId, Arc<CachedKey>>,
+    /// In name order, so listing a page is a range scan.
+    by_name: RwLock<BTreeMap<KeyName, Arc<CachedKey>>>,
+    by_id: RwLock<HashMap<KeyId, Arc<CachedKey>>>,
     /// The audit HMAC key, derived once per unseal; wiped with the cache on seal.
     audit_key: Option<Secret32>,
 }
@@ -80,10 +84,25 @@ pub struct Keystore {
     settings: KeySettings,
     /// None while sealed (or not loaded yet).
     cache: RwLock<Option<Arc<Cache>>>,
-    /// Serialises every change to keys, so each is a read-modify-write of one cached state.
-    writer: tokio::sync::Mutex<()>,
+    /// Changes share it; `load` takes it alone.
+    writer: tokio::sync::RwLock<()>,
+    /// Serialises changes to one key name (striped), so each change is a read-modify-write
+    /// of that key's cached state and a name is created once; changes to different keys run
+    /// concurrently and share fsyncs.
+    stripes: Vec<tokio::sync::Mutex<()>>,
     /// Bumped by every `clear` (seal); a `load` that started before a clear must not install.
     epoch: AtomicU64,
+}
+
+/// Lock stripes for key changes.
+const STRIPES: usize = 64;
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 pub fn now_unix() -> u64 {
@@ -128,7 +147,8 @@ impl Keystore {
             seal,
             settings,
             cache: RwLock::new(None),
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::RwLock::new(()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             epoch: AtomicU64::new(0),
         }
     }
@@ -172,11 +192,11 @@ impl Keystore {
     /// Loads every key from storage into the cache. Called after unseal. Any record that fails
     /// to open or parse makes the load fail: the KMS does not serve a partial key set silently.
     pub async fn load(&self) -> Result<usize, KmsError> {
-        let _w = self.writer.lock().await;
+        let _w = self.writer.write().await;
         let epoch = self.epoch.load(Ordering::SeqCst);
         let keyring = self.seal.keyring().await?;
         let backend = self.seal.backend();
-        let mut cache = Cache {
+        let cache = Cache {
             audit_key: Some(keyring.derive_stable(b"kms audit hmac v1")),
             ..Cache::default()
         };
@@ -206,23 +226,23 @@ impl Keystore {
                 record_version: rec.version,
                 material,
             });
-            cache
-                .by_name
-                .insert(cached.meta.name.clone(), cached.clone());
-            cache.by_id.insert(cached.meta.id, cached);
+            write(&cache.by_name).insert(cached.meta.name.clone(), cached.clone());
+            write(&cache.by_id).insert(cached.meta.id, cached);
         }
         // Material no acknowledged key version owns (a create or rotation interrupted before
         // its metadata committed) is erased, so it can neither block a rotation nor outlive it.
         for path in &paths {
             if let Some((id, v)) = parse_material_path(path) {
-                let owned = cache.by_id.get(&id).is_some_and(|k| v <= k.meta.latest());
+                let owned = read(&cache.by_id)
+                    .get(&id)
+                    .is_some_and(|k| v <= k.meta.latest());
                 if !owned {
                     backend.delete(path, Expect::Any).await?;
                     tracing::warn!(%path, "erased key material left by an interrupted change");
                 }
             }
         }
-        let n = cache.by_id.len();
+        let n = read(&cache.by_id).len();
         let mut guard = self.cache.write().unwrap_or_else(|p| p.into_inner());
         // Sealed while loading: install nothing, keep no key in memory.
         if self.epoch.load(Ordering::SeqCst) != epoch {
@@ -233,11 +253,14 @@ impl Keystore {
     }
 
     fn lookup(&self, name: &KeyName) -> Result<Arc<CachedKey>, KmsError> {
-        self.cache()?.by_name.get(name).cloned().ok_or_else(|| {
-            KmsError::NotFound(format!(
-                "key {name} does not exist: create it with `kms-cli key create {name}`"
-            ))
-        })
+        read(&self.cache()?.by_name)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                KmsError::NotFound(format!(
+                    "key {name} does not exist: create it with `kms-cli key create {name}`"
+                ))
+            })
     }
 
     // ---- data plane -------------------------------------------------------------------
@@ -290,9 +313,7 @@ impl Keystore {
     pub fn decrypt(&self, ct: &[u8], context: &EncryptionContext) -> Result<Decrypted, KmsError> {
         let header = ciphertext::parse_header(ct)?;
         let auth_failed = || KmsError::from(ciphertext::CiphertextError::Authentication);
-        let key = self
-            .cache()?
-            .by_id
+        let key = read(&self.cache()?.by_id)
             .get(&header.key_id)
             .cloned()
             .ok_or_else(auth_failed)?;
@@ -364,9 +385,11 @@ impl Keystore {
         labels: BTreeMap<String, String>,
         rotation_period: Option<u64>,
     ) -> Result<KeyMeta, KmsError> {
-        let _w = self.writer.lock().await;
+        let _w = self.writer.read().await;
+        let _k = self.stripe(&name).lock().await;
         let cache = self.cache()?;
-        if let Some(existing) = cache.by_name.get(&name) {
+        let existing = read(&cache.by_name).get(&name).cloned();
+        if let Some(existing) = existing {
             let why = if matches!(
                 existing.meta.state,
                 kms_core::key::KeyState::Destroyed { .. }
@@ -409,7 +432,9 @@ impl Keystore {
     pub fn key_name_of(&self, ciphertext: &[u8]) -> Option<KeyName> {
         let header = ciphertext::parse_header(ciphertext).ok()?;
         let cache = self.cache().ok()?;
-        cache.by_id.get(&header.key_id).map(|k| k.meta.name.clone())
+        read(&cache.by_id)
+            .get(&header.key_id)
+            .map(|k| k.meta.name.clone())
     }
 
     /// Keys whose name starts with `prefix` and that `visible` accepts, in name order, after
@@ -422,21 +447,22 @@ impl Keystore {
         visible: impl Fn(&str) -> bool,
     ) -> Result<(Vec<KeyMeta>, Option<String>), KmsError> {
         let cache = self.cache()?;
-        let mut names: Vec<&KeyName> = cache
-            .by_name
-            .keys()
-            .filter(|n| n.as_str().starts_with(prefix))
-            .filter(|n| after.is_none_or(|a| n.as_str() > a))
-            .filter(|n| visible(n.as_str()))
-            .collect();
-        names.sort();
-        let more = names.len() > limit;
-        let page: Vec<KeyMeta> = names
-            .iter()
+        let by_name = read(&cache.by_name);
+        // Start at the later of the prefix and the page token; stop past the prefix.
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let mut matching = by_name
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(n, _)| n.as_str().starts_with(prefix))
+            .filter(|(n, _)| visible(n.as_str()));
+        let page: Vec<KeyMeta> = matching
+            .by_ref()
             .take(limit)
-            .filter_map(|n| cache.by_name.get(*n))
-            .map(|k| with_counts(k))
+            .map(|(_, k)| with_counts(k))
             .collect();
+        let more = matching.next().is_some();
         let next = if more {
             page.last().map(|m| m.name.to_string())
         } else {
@@ -451,10 +477,10 @@ impl Keystore {
     where
         F: FnOnce(&mut KeyMeta, u64) -> Result<(), KmsError>,
     {
-        let _w = self.writer.lock().await;
+        let _w = self.writer.read().await;
+        let _k = self.stripe(name).lock().await;
         let cache = self.cache()?;
-        let current = cache
-            .by_name
+        let current = read(&cache.by_name)
             .get(name)
             .cloned()
             .ok_or_else(|| KmsError::NotFound(format!("key {name} does not exist")))?;
@@ -592,8 +618,7 @@ impl Keystore {
     /// Taking `now` lets tests inject time.
     pub async fn run_scheduled(&self, now: u64) -> Result<usize, KmsError> {
         let cache = self.cache()?;
-        let due: Vec<(KeyName, ScheduledAction)> = cache
-            .by_name
+        let due: Vec<(KeyName, ScheduledAction)> = read(&cache.by_name)
             .values()
             .filter_map(|k| {
                 kms_core::key::due_action(&k.meta, now).map(|a| (k.meta.name.clone(), a))
@@ -628,21 +653,22 @@ impl Keystore {
     }
 
     fn install(&self, cache: &Arc<Cache>, key: CachedKey) {
-        // Copy-on-write: readers keep the snapshot they hold; writers are serialised.
         let key = Arc::new(key);
-        let mut next = Cache {
-            by_name: cache.by_name.clone(),
-            by_id: cache.by_id.clone(),
-            audit_key: cache.audit_key.clone(),
-        };
-        next.by_name.insert(key.meta.name.clone(), key.clone());
-        next.by_id.insert(key.meta.id, key);
-        let mut guard = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        // Only install over the snapshot we started from; if the cache was cleared (sealed)
-        // meanwhile, stay sealed.
+        // Holding the read guard: a seal (which takes the write guard) waits for this insert,
+        // then drops the whole cache. If it came first, stay sealed and install nothing.
+        let guard = read(&self.cache);
         if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, cache)) {
-            *guard = Some(Arc::new(next));
+            write(&cache.by_name).insert(key.meta.name.clone(), key.clone());
+            write(&cache.by_id).insert(key.meta.id, key);
         }
+    }
+
+    /// The lock stripe of a key name.
+    fn stripe(&self, name: &KeyName) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % STRIPES]
     }
 
     async fn read_material(

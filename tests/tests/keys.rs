@@ -513,6 +513,64 @@ async fn names_and_listing() {
     let names: Vec<_> = p2.keys.iter().map(|k| k.name.as_str()).collect();
     assert_eq!(names, ["team/c"]);
     assert!(p2.next_page_token.is_empty());
+    // A page that ends exactly at the last match says there is no more.
+    let p = c
+        .call(c.key_admin().list_keys(pb::ListKeysRequest {
+            prefix: "team/".into(),
+            page_size: 3,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(p.keys.len(), 3);
+    assert!(p.next_page_token.is_empty());
+}
+
+/// Concurrent creates: different names all succeed (they run in parallel and share fsyncs);
+/// one name raced by several clients is created exactly once, the others get ALREADY_EXISTS.
+#[tokio::test]
+async fn concurrent_creates_create_each_name_once() {
+    let inst = Installation::new();
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let c = c.clone();
+        tasks.spawn(async move {
+            let name = if i % 2 == 0 {
+                "race/same".to_string()
+            } else {
+                format!("race/k{i}")
+            };
+            let r = c
+                .call(c.key_admin().create_key(pb::CreateKeyRequest {
+                    name: name.clone(),
+                    ..Default::default()
+                }))
+                .await;
+            (name, r.map_err(|e| status(e).code()))
+        });
+    }
+    let (mut same_ok, mut same_exists, mut others_ok) = (0, 0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            (n, Ok(_)) if n == "race/same" => same_ok += 1,
+            (n, Err(Code::AlreadyExists)) if n == "race/same" => same_exists += 1,
+            (_, Ok(_)) => others_ok += 1,
+            (n, Err(code)) => panic!("{n}: {code:?}"),
+        }
+    }
+    assert_eq!((same_ok, same_exists, others_ok), (1, 7, 8));
+    let listed = c
+        .call(c.key_admin().list_keys(pb::ListKeysRequest {
+            prefix: "race/".into(),
+            page_size: 100,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(listed.keys.len(), 9);
 }
 
 /// Revoked versions are refused for decryption with the reason; a revocation needs a reason.
