@@ -1,5 +1,6 @@
 //! Compiles `kms/v1/*.proto` with protox (pure Rust, no system `protoc`) and writes the
-//! descriptor set used by server reflection.
+//! descriptor set used by server reflection; compiles `kms/bench/v1/echo.proto` (kms-bench's
+//! transport floor) separately, so reflection never advertises it.
 
 use std::path::PathBuf;
 
@@ -22,5 +23,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+
+    let bench = ["kms/bench/v1/echo.proto"];
+    for f in bench {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(protox::compile(bench, ["."])?)?;
     Ok(())
 }
