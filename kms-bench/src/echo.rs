@@ -1,0 +1,126 @@
+//! `kms-bench echo-server`: `kms.bench.v1.Echo` served exactly as kms-server serves the KMS
+//! (same rustls configuration, same accept loop, same tonic server and runtime), so what it
+//! costs is the transport floor under every KMS call.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use kms_proto::bench::v1::echo_server::{Echo, EchoServer};
+use kms_proto::bench::v1::{EchoRequest, EchoResponse};
+use tonic::{Request, Response, Status};
+
+/// kms-server's own TLS code, compiled here unchanged: `server_config` (TLS 1.3, ring,
+/// client certificate required, ALPN h2) and `incoming` (per-connection handshake tasks,
+/// `TCP_NODELAY` on each socket, the principal named once per connection). The module is
+/// private in kms-server, hence the path; what it takes from the rest of that crate
+/// (`crate::principal`) is re-exported at this crate's root. Once kms-server exports it
+/// (`pub mod tls`), this becomes `use kms_server::tls`.
+// `Peer`'s fields are read by kms-server's authorisation, which the echo server has none of.
+#[allow(dead_code)]
+#[path = "../../kms-server/src/tls.rs"]
+mod tls;
+
+/// Where the echo server listens and which certificates it uses.
+#[derive(clap::Args)]
+#[command(after_help = "\
+Examples:
+  kms-bench echo-server --tls-dir /tmp/kms/tls --listen 127.0.0.1:7001
+  kms-bench echo-server --cert server.pem --key server-key.pem --client-ca ca.pem
+
+With --tls-dir, the files are the ones `kms-server dev --data-dir D` writes to D/tls:
+server.pem, server-key.pem and ca.pem (the CA that issued the dev client certificates, so
+`. D/env && kms-bench run --op echo --addr https://127.0.0.1:7001` connects as is).
+--cert, --key and --client-ca override single files.
+
+The server prints `kms-bench echo-server listening on ADDR` once it accepts connections,
+and stops on SIGINT or SIGTERM.")]
+pub struct EchoArgs {
+    /// Address to listen on; port 0 picks a free port (printed on the "listening on" line).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7001")]
+    listen: SocketAddr,
+    /// Directory with server.pem, server-key.pem and ca.pem (e.g. DATA_DIR/tls of
+    /// `kms-server dev`).
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// Server certificate chain (PEM); default DIR/server.pem with --tls-dir.
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Server private key (PEM); default DIR/server-key.pem with --tls-dir.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that client certificates must chain to; default DIR/ca.pem
+    /// with --tls-dir.
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
+    /// Certificate revocation list (PEM) checked against client certificates, as kms-server's
+    /// `tls.crl`.
+    #[arg(long, value_name = "FILE")]
+    crl: Option<PathBuf>,
+}
+
+struct EchoService;
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn echo(&self, req: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        Ok(Response::new(EchoResponse {
+            payload: req.into_inner().payload,
+        }))
+    }
+}
+
+/// Runs the echo server until SIGINT or SIGTERM.
+///
+/// The caller runs this on the runtime kms-server's `main` uses (tokio's default multi-thread
+/// runtime), so the comparison with the KMS holds the runtime constant too.
+pub async fn run(args: EchoArgs) -> Result<(), String> {
+    let from_dir = |name: &str, flag: &str| {
+        args.tls_dir
+            .as_ref()
+            .map(|d| d.join(name))
+            .ok_or_else(|| format!("{flag} is not set: pass it, or --tls-dir DIR"))
+    };
+    let cert = args
+        .cert
+        .clone()
+        .map_or_else(|| from_dir("server.pem", "--cert"), Ok)?;
+    let key = args
+        .key
+        .clone()
+        .map_or_else(|| from_dir("server-key.pem", "--key"), Ok)?;
+    let client_ca = args
+        .client_ca
+        .clone()
+        .map_or_else(|| from_dir("ca.pem", "--client-ca"), Ok)?;
+    let config = tls::server_config(&cert, &key, &client_ca, args.crl.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read bound address: {e}"))?;
+    // Tests and scripts wait for this line.
+    println!("kms-bench echo-server listening on {addr}");
+    // Like kms-server's `serve`, minus the KMS services and the audit layer.
+    tonic::transport::Server::builder()
+        .add_service(EchoServer::new(EchoService))
+        .serve_with_incoming_shutdown(tls::incoming(listener, config), shutdown_signal())
+        .await
+        .map_err(|e| format!("server error: {e}"))
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            // Without a SIGTERM handler, SIGINT still stops the server.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,109 @@
+//! `kms-bench`: the KMS's load generator, and an echo server for the transport floor.
+//!
+//! `kms-bench run` drives a running kms-server over mTLS gRPC with the kms-client connection
+//! code (same TLS and channel settings), closed loop: `--concurrency` requests in flight over
+//! `--connections` HTTP/2 connections, an unmeasured warm-up, then a measured window. It
+//! reports ops/s (items/s for batches), p50/p90/p99/p99.9 latency, failures by gRPC code and,
+//! with `--server-pid`, the server's CPU time per request and its RSS. The generator runs on
+//! one current-thread runtime: on a small machine it shares the cores with the server, and a
+//! multi-thread client doubled p99 and client CPU (docs: PERFORMANCE-NOTES).
+//!
+//! `kms-bench echo-server` serves `kms.bench.v1.Echo` with exactly kms-server's TLS settings
+//! and tonic server, so `run --op echo` against it measures what mTLS + HTTP/2 + gRPC cost
+//! without any key, policy or audit work.
+//!
+//! Build with `--release`: the workspace's dev profile does not optimise our crates.
+//!
+//! ```text
+//! cargo build --release -p kms-server -p kms-bench
+//! kms-server dev --data-dir /tmp/kms --listen 127.0.0.1:0 &
+//! KMS_PID=$!
+//! kms-bench echo-server --tls-dir /tmp/kms/tls --listen 127.0.0.1:7001 &
+//! ECHO_PID=$!
+//! . /tmp/kms/env
+//! kms-bench run --op encrypt --concurrency 16 --connections 1 --duration 10 --server-pid $KMS_PID
+//! kms-bench run --op decrypt --concurrency 64 --connections 4 --count 100000 --json
+//! kms-bench run --op batch-encrypt --batch 100 --duration 5
+//! kms-bench run --op echo --addr https://127.0.0.1:7001 --concurrency 16 --server-pid $ECHO_PID
+//! ```
+//!
+//! Exit codes: 0 every request succeeded; 1 some request or batch item failed (report
+//! printed); 2 bad usage, cannot connect, or the preparation failed.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+// For kms-server's `tls.rs`, compiled into `echo` as is: it names principals with
+// `crate::principal`.
+use kms_server::principal;
+
+mod echo;
+mod hist;
+mod procfs;
+mod report;
+mod run;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Load generator for the KMS, and an echo server with the same mTLS for the transport floor",
+    after_help = "Examples (`. DATA_DIR/env` after `kms-server dev --data-dir DATA_DIR`):\n  \
+                  kms-bench run --op encrypt --concurrency 16 --duration 10 --server-pid PID\n  \
+                  kms-bench echo-server --tls-dir DATA_DIR/tls --listen 127.0.0.1:7001\n  \
+                  kms-bench run --op echo --addr https://127.0.0.1:7001\n\n\
+                  Build with --release: the dev profile does not optimise the workspace crates."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Drive a running server (kms-server, or an echo-server with --op echo) and report
+    /// throughput, latency, errors and server CPU per request.
+    Run(run::RunArgs),
+    /// Serve kms.bench.v1.Echo with kms-server's exact TLS settings (the transport floor).
+    EchoServer(echo::EchoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            // One client thread: see the crate docs.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 2),
+            };
+            match runtime.block_on(run::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(run::RunError::Failures) => ExitCode::from(1),
+                Err(run::RunError::Setup(e)) => fail(&e, 2),
+            }
+        }
+        Command::EchoServer(args) => {
+            // kms-server's runtime: tokio's default multi-thread runtime.
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => return fail(&format!("cannot start the async runtime: {e}"), 2),
+            };
+            match runtime.block_on(echo::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e, 2),
+            }
+        }
+    }
+}
+
+fn fail(message: &str, code: u8) -> ExitCode {
+    eprintln!("kms-bench: {message}");
+    ExitCode::from(code)
+}
