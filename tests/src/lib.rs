@@ -352,3 +352,20 @@ pub async fn unseal_with(server: &Server, shares: &[String], indexes: &[usize]) 
         "still sealed after shares {indexes:?}: {status:?}"
     );
 }
+
+impl Server {
+    /// Runs `kms-bench` against this server, connected like [`Server::cli`] (the test client's
+    /// certificate, in the environment); a flag such as `--addr` overrides.
+    pub fn bench(&self, args: &[&str]) -> Output {
+        Command::new(bin("kms-bench"))
+            .args(args)
+            .env("KMS_ADDR", &self.addr)
+            .env("KMS_CA_CERT", &self.ca)
+            .env("KMS_CLIENT_CERT", &self.client.cert)
+            .env("KMS_CLIENT_KEY", &self.client.key)
+            .env("KMS_TLS_SERVER_NAME", "localhost")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
