@@ -81,9 +81,9 @@ pub fn detail<T>(
 /// hang the server.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Records waiting for the writer beyond this many are refused at once, so a stuck disk
-/// cannot grow the queue without bound.
-const MAX_QUEUED: usize = 65_536;
+/// How often a data-plane append checks that the log is still the file at its path
+/// (renamed or replaced from outside); state changes check every time.
+const RECHECK: Duration = Duration::from_millis(100);
 
 /// When a record must be durable (fsynced) before its response leaves (`[audit] sync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -115,9 +115,14 @@ const DATA_PLANE: &[&str] = &[
     "/kms.v1.Operator/Status",
 ];
 
-/// The audit log: a writer thread appends records in batches (one `write` per batch, in
-/// chain order) and a sync thread makes them durable, one `fdatasync` for every record
-/// appended before it started (group commit). Requests wait on a channel, with a bound.
+/// An fsync running longer than this means the log's disk is not responding: records are
+/// then refused rather than written, so a request never blocks on a stuck device.
+const STALL: Duration = Duration::from_secs(1);
+
+/// The audit log. A request appends its record itself (one `write` to the OS, under a
+/// mutex that keeps the chain in order: no thread hand-off on the data path); a sync thread
+/// makes records durable, one `fdatasync` for every record appended before it started (group
+/// commit). State changes wait for that fsync, with a bound.
 pub struct AuditSink {
     path: PathBuf,
     node: String,
@@ -127,34 +132,17 @@ pub struct AuditSink {
     /// Holds the context HMAC key while unsealed (set once the server is built).
     keystore: std::sync::OnceLock<Arc<crate::keystore::Keystore>>,
     next_request: AtomicU64,
+    writer: Mutex<Writer>,
     shared: Arc<Shared>,
 }
 
-/// State shared by the request side, the writer thread and the sync thread.
+/// State shared with the sync thread.
 struct Shared {
-    queue: Mutex<Vec<Job>>,
-    queue_cv: Condvar,
     sync: Mutex<SyncState>,
     sync_cv: Condvar,
-    /// The head of the chain: the last record written.
-    head: Mutex<kms_core::audit::Head>,
-    /// False after a failed write or fsync, until the writer has reopened the log: requests
-    /// then check with the writer before they run (fail closed).
+    /// False after a failed write or fsync, until the log has been reopened: requests then
+    /// check the log before they run (fail closed).
     healthy: AtomicBool,
-}
-
-enum Job {
-    Record {
-        record: Box<Record>,
-        durable: bool,
-        done: oneshot::Sender<Result<(), String>>,
-    },
-    /// Answers once the log is open and writable (and, if `durable`, once everything written
-    /// before it is fsynced).
-    Probe {
-        durable: bool,
-        done: oneshot::Sender<Result<(), String>>,
-    },
 }
 
 type Done = oneshot::Sender<Result<(), String>>;
@@ -162,17 +150,20 @@ type Done = oneshot::Sender<Result<(), String>>;
 /// A request waiting for durability: (generation, line count that must be synced, answer).
 type Waiter = (u64, u64, Done);
 
-/// What the sync thread works from; the writer updates it after every batch.
+/// What the sync thread works from; writers update it after every append.
 struct SyncState {
     /// The open file and its generation (bumped on every reopen or rotation).
     file: Option<(Arc<File>, u64)>,
     /// Lines appended to the current generation, and how many of them are fsynced.
     written: u64,
     synced: u64,
-    /// Requests waiting for durability: (generation, line count that must be synced).
     waiters: Vec<Waiter>,
     /// Set by the sync thread when an fsync failed: the writer must reopen this generation.
     broken: Option<u64>,
+    /// When the running fsync started (None: none running).
+    syncing_since: Option<Instant>,
+    /// The sync thread sleeps with nothing to sync: the next append must wake it.
+    idle: bool,
     interval: Duration,
 }
 
@@ -180,7 +171,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn answer(done: oneshot::Sender<Result<(), String>>, r: Result<(), String>) {
+fn answer(done: Done, r: Result<(), String>) {
     // The request may have given up (timeout); nothing to tell it then.
     let _ = done.send(r);
 }
@@ -188,7 +179,7 @@ fn answer(done: oneshot::Sender<Result<(), String>>, r: Result<(), String>) {
 impl AuditSink {
     /// Opens (or creates) the log named in `config` and resumes its chain from the last
     /// complete line. A torn last line (a crash mid-write, never acknowledged) is cut off.
-    /// Starts the writer and sync threads.
+    /// Starts the sync thread.
     pub fn open(config: &crate::config::AuditConfig) -> Result<Self, String> {
         let (file, ino, chain) = open_and_resume(&config.path)?;
         let len = file
@@ -197,40 +188,24 @@ impl AuditSink {
             .len();
         let file = Arc::new(file);
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Vec::new()),
-            queue_cv: Condvar::new(),
             sync: Mutex::new(SyncState {
                 file: Some((file.clone(), 0)),
                 written: 0,
                 synced: 0,
                 waiters: Vec::new(),
                 broken: None,
+                syncing_since: None,
+                idle: false,
                 interval: Duration::from_millis(config.sync_interval_ms.clamp(1, 1000)),
             }),
             sync_cv: Condvar::new(),
-            head: Mutex::new(chain.head()),
             healthy: AtomicBool::new(true),
         });
-        let writer = Writer {
-            path: config.path.clone(),
-            node: config.node.clone(),
-            max_bytes: config.max_bytes,
-            file: Some((file, ino, len)),
-            chain,
-            generation: 0,
-            written: 0,
-            shared: shared.clone(),
-        };
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(f)
-                .map(drop)
-                .map_err(|e| format!("cannot start the audit {name} thread: {e}"))
-        };
-        spawn("audit-writer", Box::new(move || writer.run()))?;
         let syncer = shared.clone();
-        spawn("audit-sync", Box::new(move || sync_loop(&syncer)))?;
+        std::thread::Builder::new()
+            .name("audit-sync".into())
+            .spawn(move || sync_loop(&syncer))
+            .map_err(|e| format!("cannot start the audit sync thread: {e}"))?;
         Ok(Self {
             path: config.path.clone(),
             node: config.node.clone(),
@@ -238,6 +213,16 @@ impl AuditSink {
             enabled: AtomicBool::new(true),
             keystore: std::sync::OnceLock::new(),
             next_request: AtomicU64::new(0),
+            writer: Mutex::new(Writer {
+                path: config.path.clone(),
+                node: config.node.clone(),
+                max_bytes: config.max_bytes,
+                file: Some((file, ino, len)),
+                chain,
+                generation: 0,
+                written: 0,
+                checked: Instant::now(),
+            }),
             shared,
         })
     }
@@ -248,60 +233,61 @@ impl AuditSink {
         self.enabled.store(false, Ordering::SeqCst);
     }
 
-    /// Hands a job to the writer and waits for its answer, at most [`WRITE_TIMEOUT`].
-    async fn submit(
-        &self,
-        job: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Job,
-    ) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut queue = lock(&self.shared.queue);
-            if queue.len() >= MAX_QUEUED {
-                return Err(format!(
-                    "{MAX_QUEUED} records already wait for the audit log"
-                ));
-            }
-            queue.push(job(tx));
-        }
-        self.shared.queue_cv.notify_one();
-        match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err("the audit writer stopped".into()),
-            Err(_) => Err(format!(
-                "audit log {} did not answer within {} s",
+    /// Refuses while an fsync has been stuck for longer than [`STALL`].
+    fn check_not_stalled(&self) -> Result<(), String> {
+        let since = lock(&self.shared.sync).syncing_since;
+        match since {
+            Some(t) if t.elapsed() > STALL => Err(format!(
+                "the disk of audit log {} has not completed an fsync for {} s",
                 self.path.display(),
-                WRITE_TIMEOUT.as_secs()
+                t.elapsed().as_secs()
             )),
+            _ => Ok(()),
         }
     }
 
-    /// Appends one record; returns once it is written (and fsynced, if `durable`).
+    /// Appends one record (written to the OS when this returns Ok); if `durable`, returns
+    /// once it is also fsynced (waiting at most [`WRITE_TIMEOUT`]).
     async fn write(&self, record: Record, durable: bool) -> Result<(), String> {
-        self.submit(|done| Job::Record {
-            record: Box::new(record),
-            durable,
-            done,
-        })
-        .await
+        let wait = {
+            let mut w = lock(&self.writer);
+            self.check_not_stalled()?;
+            w.append(&self.shared, Some(record), durable)?
+        };
+        self.wait_durable(wait).await
     }
 
-    /// Checks with the writer that the log is open and writable (reopening it if it was
-    /// replaced or after a failure).
-    async fn probe(&self) -> Result<(), String> {
-        self.submit(|done| Job::Probe {
-            durable: false,
-            done,
-        })
-        .await
+    /// Checks that the log is open and writable (reopening it if it was replaced or after a
+    /// failure). One `stat`.
+    fn probe(&self) -> Result<(), String> {
+        let mut w = lock(&self.writer);
+        self.check_not_stalled()?;
+        w.ensure_open(&self.shared)
     }
 
     /// Returns once every record written so far is durable.
     pub async fn flush(&self) -> Result<(), String> {
-        self.submit(|done| Job::Probe {
-            durable: true,
-            done,
-        })
-        .await
+        let wait = lock(&self.writer).append(&self.shared, None, true)?;
+        self.wait_durable(wait).await
+    }
+
+    async fn wait_durable(
+        &self,
+        wait: Option<oneshot::Receiver<Result<(), String>>>,
+    ) -> Result<(), String> {
+        let Some(rx) = wait else {
+            return Ok(());
+        };
+        self.shared.sync_cv.notify_one();
+        match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the audit sync thread stopped".into()),
+            Err(_) => Err(format!(
+                "audit log {} was not fsynced within {} s",
+                self.path.display(),
+                WRITE_TIMEOUT.as_secs()
+            )),
+        }
     }
 
     /// Whether a call must wait for its record to be fsynced.
@@ -311,7 +297,7 @@ impl AuditSink {
 
     /// The head of the chain: the last record written.
     pub fn head(&self) -> kms_core::audit::Head {
-        lock(&self.shared.head).clone()
+        lock(&self.writer).chain.head()
     }
 
     /// Seals the current head into storage (`audit/head/<node>`, barrier-encrypted), so a log
@@ -351,7 +337,7 @@ impl AuditSink {
     }
 }
 
-/// The writer thread's state: it alone touches the file and the chain.
+/// The file and the chain; behind the sink's mutex.
 struct Writer {
     path: PathBuf,
     node: String,
@@ -363,39 +349,16 @@ struct Writer {
     generation: u64,
     /// Lines appended to the current generation.
     written: u64,
-    shared: Arc<Shared>,
+    /// When `ensure_open` last checked the path.
+    checked: Instant,
 }
 
 impl Writer {
-    fn run(mut self) {
-        loop {
-            let jobs = {
-                let mut queue = lock(&self.shared.queue);
-                while queue.is_empty() {
-                    queue = self
-                        .shared
-                        .queue_cv
-                        .wait(queue)
-                        .unwrap_or_else(|p| p.into_inner());
-                }
-                std::mem::take(&mut *queue)
-            };
-            self.batch(jobs);
-        }
-    }
-
-    fn fail(&self, jobs: Vec<Job>, error: &str) {
-        self.shared.healthy.store(false, Ordering::SeqCst);
-        for job in jobs {
-            let (Job::Record { done, .. } | Job::Probe { done, .. }) = job;
-            answer(done, Err(error.to_string()));
-        }
-    }
-
     /// Makes sure `self.file` is the file at the path: reopens it if it was replaced, after
-    /// a failed write, or after a failed fsync. One `stat` per batch.
-    fn ensure_open(&mut self) -> Result<(), String> {
-        let broken = lock(&self.shared.sync).broken == Some(self.generation);
+    /// a failed write, or after a failed fsync. One `stat`.
+    fn ensure_open(&mut self, shared: &Shared) -> Result<(), String> {
+        self.checked = Instant::now();
+        let broken = lock(&shared.sync).broken == Some(self.generation);
         let current = std::fs::metadata(&self.path).ok().filter(|m| m.is_file());
         let same = match (&self.file, &current) {
             (Some((_, ino, _)), Some(m)) => m.ino() == *ino,
@@ -405,13 +368,23 @@ impl Writer {
             return Ok(());
         }
         self.file = None;
-        let (file, ino, chain) = open_and_resume(&self.path)?;
-        let len = file.metadata().map_err(|e| e.to_string())?.len();
+        let reopened = open_and_resume(&self.path).and_then(|(file, ino, chain)| {
+            let len = file.metadata().map_err(|e| e.to_string())?.len();
+            Ok((file, ino, chain, len))
+        });
+        let (file, ino, chain, len) = match reopened {
+            Ok(r) => r,
+            Err(e) => {
+                shared.healthy.store(false, Ordering::SeqCst);
+                tracing::error!(error = %e, "audit log unavailable");
+                return Err(e);
+            }
+        };
         let file = Arc::new(file);
         self.chain = chain;
-        *lock(&self.shared.head) = self.chain.head();
-        self.new_generation(file.clone());
+        self.new_generation(shared, file.clone());
         self.file = Some((file, ino, len));
+        shared.healthy.store(true, Ordering::SeqCst);
         tracing::warn!(path = %self.path.display(), "audit log reopened");
         Ok(())
     }
@@ -419,10 +392,10 @@ impl Writer {
     /// Switches the sync thread to a new file. Records of the old file still waiting for
     /// fsync are refused: their lines went to a file that is no longer the log (or whose
     /// fsync failed).
-    fn new_generation(&mut self, file: Arc<File>) {
+    fn new_generation(&mut self, shared: &Shared, file: Arc<File>) {
         self.generation += 1;
         self.written = 0;
-        let mut sync = lock(&self.shared.sync);
+        let mut sync = lock(&shared.sync);
         for (_, _, done) in sync.waiters.drain(..) {
             answer(
                 done,
@@ -435,80 +408,76 @@ impl Writer {
         sync.broken = None;
     }
 
-    fn batch(&mut self, jobs: Vec<Job>) {
-        if let Err(e) = self.ensure_open() {
-            tracing::error!(error = %e, "audit log unavailable");
-            return self.fail(jobs, &e);
+    /// Appends `record` (None: nothing, a flush marker). Returns what to wait on when
+    /// `durable`. The stat that detects a replaced log is done for state changes, after
+    /// failures, and otherwise every [`RECHECK`].
+    fn append(
+        &mut self,
+        shared: &Shared,
+        record: Option<Record>,
+        durable: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<(), String>>>, String> {
+        if durable
+            || self.file.is_none()
+            || !shared.healthy.load(Ordering::Relaxed)
+            || self.checked.elapsed() >= RECHECK
+        {
+            self.ensure_open(shared)?;
         }
         let Some((file, _, len)) = self.file.clone() else {
-            return self.fail(jobs, "audit log is not open");
+            return Err("audit log is not open".into());
         };
-        let mut text = String::new();
-        let mut chain = self.chain.clone();
-        let mut lines = 0;
-        let mut answers = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            match job {
-                Job::Record {
-                    mut record,
-                    durable,
-                    done,
-                } => {
-                    record.node.clone_from(&self.node);
-                    text.push_str(&chain.append(*record));
-                    text.push('\n');
-                    lines += 1;
-                    answers.push((durable, done));
-                }
-                Job::Probe { durable, done } => answers.push((durable, done)),
+        let mut len = len;
+        if let Some(mut record) = record {
+            record.node.clone_from(&self.node);
+            let mut chain = self.chain.clone();
+            let mut line = chain.append(record);
+            line.push('\n');
+            if let Err(e) = (&*file).write_all(line.as_bytes()) {
+                // The file may now end with a partial line: reopen (and cut it) next time.
+                self.file = None;
+                shared.healthy.store(false, Ordering::SeqCst);
+                let e = format!("cannot write the audit log {}: {e}", self.path.display());
+                tracing::error!(error = %e, "audit record not written");
+                return Err(e);
+            }
+            self.chain = chain;
+            self.written += 1;
+            len += line.len() as u64;
+            if let Some(f) = &mut self.file {
+                f.2 = len;
             }
         }
-        if let Err(e) = (&*file).write_all(text.as_bytes()) {
-            // The file may now end with a partial line: reopen (and cut it) next time.
-            self.file = None;
-            let e = format!("cannot write the audit log {}: {e}", self.path.display());
-            tracing::error!(error = %e, "audit record not written");
-            self.shared.healthy.store(false, Ordering::SeqCst);
-            for (_, done) in answers {
-                answer(done, Err(e.clone()));
-            }
-            return;
-        }
-        self.chain = chain;
-        *lock(&self.shared.head) = self.chain.head();
-        self.shared.healthy.store(true, Ordering::SeqCst);
-        self.written += lines;
-        let len = len + text.len() as u64;
-        if let Some(f) = &mut self.file {
-            f.2 = len;
-        }
-        {
-            let mut sync = lock(&self.shared.sync);
+        let mut wait = None;
+        let wake = {
+            let mut sync = lock(&shared.sync);
             sync.written = self.written;
-            for (durable, done) in answers {
-                if durable {
-                    sync.waiters.push((self.generation, self.written, done));
-                } else {
-                    answer(done, Ok(()));
-                }
+            if durable {
+                let (tx, rx) = oneshot::channel();
+                sync.waiters.push((self.generation, self.written, tx));
+                wait = Some(rx);
             }
+            std::mem::take(&mut sync.idle)
+        };
+        if wake {
+            shared.sync_cv.notify_one();
         }
-        self.shared.sync_cv.notify_one();
         if self.max_bytes > 0 && len >= self.max_bytes {
-            // A failed rotation is logged, not returned: these records are written.
-            if let Err(e) = self.rotate(&file) {
+            // A failed rotation is logged, not returned: this record is written.
+            if let Err(e) = self.rotate(shared, &file) {
                 tracing::error!(error = %e, "audit log rotation failed; will retry");
             }
         }
+        Ok(wait)
     }
 
     /// Renames the full log to `<path>.<last seq>` and continues the chain in a new file.
     /// Every line of the old file is fsynced first, so its waiters are answered.
-    fn rotate(&mut self, old: &File) -> Result<(), String> {
+    fn rotate(&mut self, shared: &Shared, old: &File) -> Result<(), String> {
         let io = |e: std::io::Error| format!("{}: {e}", self.path.display());
         old.sync_data().map_err(io)?;
         {
-            let mut sync = lock(&self.shared.sync);
+            let mut sync = lock(&shared.sync);
             let generation = self.generation;
             let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut sync.waiters)
                 .into_iter()
@@ -533,7 +502,7 @@ impl Writer {
         let ino = new.metadata().map_err(io)?.ino();
         // The chain goes on: the new file's first record points at the old file's last.
         let new = Arc::new(new);
-        self.new_generation(new.clone());
+        self.new_generation(shared, new.clone());
         self.file = Some((new, ino, 0));
         tracing::info!(rotated = %rotated.display(), "audit log rotated");
         Ok(())
@@ -552,6 +521,7 @@ fn sync_loop(shared: &Shared) {
             let wait = if dirty {
                 st.interval.saturating_sub(last_sync.elapsed())
             } else {
+                st.idle = true;
                 Duration::from_secs(3600)
             };
             st = shared
@@ -559,6 +529,7 @@ fn sync_loop(shared: &Shared) {
                 .wait_timeout(st, wait)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
+            st.idle = false;
             continue;
         }
         let Some((file, generation)) = st.file.clone() else {
@@ -568,10 +539,12 @@ fn sync_loop(shared: &Shared) {
             continue;
         };
         let covering = st.written;
+        st.syncing_since = Some(Instant::now());
         drop(st);
         let result = file.sync_data();
         last_sync = Instant::now();
         st = lock(&shared.sync);
+        st.syncing_since = None;
         let ok = result.is_ok();
         if let Err(e) = &result {
             tracing::error!(error = %e, "audit log fsync failed; reopening it");
@@ -592,10 +565,6 @@ fn sync_loop(shared: &Shared) {
                 Err(e) => Err(format!("cannot fsync the audit log: {e}")),
             };
             answer(d, r);
-        }
-        if !ok {
-            // Wake the writer so it reopens the log before the next batch.
-            shared.queue_cv.notify_one();
         }
     }
 }
@@ -810,7 +779,7 @@ where
             // result is withheld anyway if the record cannot be written).
             let durable = sink.durable(&path);
             if (durable || !sink.shared.healthy.load(Ordering::SeqCst))
-                && let Err(e) = sink.probe().await
+                && let Err(e) = sink.probe()
             {
                 tracing::error!(error = %e, "audit unavailable; refusing the request");
                 return Ok(tonic::Status::unavailable("audit unavailable: the request was not run; the operators must restore the audit log").into_http());
