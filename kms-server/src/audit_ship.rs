@@ -87,9 +87,70 @@ fn state_path(log: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Lines of the log (rotated files, then the current one) with a sequence number above
-/// `after`, in order.
-fn pending(log: &Path, after: u64) -> Result<Vec<(u64, String)>, String> {
+/// Where shipping stands in the current log file: its inode and the offset just after the
+/// last shipped line. Lets each round read only what was appended since the last one.
+#[derive(Clone, Copy)]
+struct Cursor {
+    ino: u64,
+    offset: u64,
+}
+
+/// What to ship: complete new lines (text ending in a newline), the sequence number of the
+/// last one, and the cursor after them.
+struct Pending {
+    text: String,
+    last: u64,
+    cursor: Option<Cursor>,
+}
+
+/// New complete lines since `cursor`, when it still points into the current file; else the
+/// full scan of [`pending`].
+fn pending_since(log: &Path, after: u64, cursor: Option<Cursor>) -> Result<Pending, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::MetadataExt;
+    let io = |e: std::io::Error| format!("{}: {e}", log.display());
+    let mut file = std::fs::File::open(log).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    let Some(c) = cursor.filter(|c| c.ino == meta.ino() && c.offset <= meta.len()) else {
+        // First round, or the file was rotated or replaced: scan everything once.
+        let (lines, offset) = pending(log, after)?;
+        let last = lines.last().map(|(s, _)| *s).unwrap_or(after);
+        let mut text = String::new();
+        for (_, l) in &lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        return Ok(Pending {
+            text,
+            last,
+            cursor: Some(Cursor {
+                ino: meta.ino(),
+                offset,
+            }),
+        });
+    };
+    file.seek(SeekFrom::Start(c.offset)).map_err(io)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io)?;
+    // A line still being written is left for the next round.
+    text.truncate(text.rfind('\n').map(|i| i + 1).unwrap_or(0));
+    let last = text
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["seq"].as_u64())
+        .unwrap_or(after);
+    let offset = c.offset + text.len() as u64;
+    Ok(Pending {
+        text,
+        last,
+        cursor: Some(Cursor { ino: c.ino, offset }),
+    })
+}
+
+/// Complete lines of the log (rotated files, then the current one) with a sequence number
+/// above `after`, in order; and the length of the current file's complete lines.
+fn pending(log: &Path, after: u64) -> Result<(Vec<(u64, String)>, u64), String> {
     let dir = log
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -113,8 +174,12 @@ fn pending(log: &Path, after: u64) -> Result<Vec<(u64, String)>, String> {
     let mut files: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     files.push(log.to_path_buf());
     let mut out = Vec::new();
+    let mut complete = 0;
     for f in files {
-        let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        let mut text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+        // A line still being written is left for the next round.
+        text.truncate(text.rfind('\n').map(|i| i + 1).unwrap_or(0));
+        complete = text.len() as u64;
         for line in text.lines() {
             let seq = serde_json::from_str::<serde_json::Value>(line)
                 .ok()
@@ -124,7 +189,7 @@ fn pending(log: &Path, after: u64) -> Result<Vec<(u64, String)>, String> {
             }
         }
     }
-    Ok(out)
+    Ok((out, complete))
 }
 
 async fn ship_once(
@@ -132,9 +197,15 @@ async fn ship_once(
     tls: &tokio_rustls::TlsConnector,
     log: &Path,
     shipped: &mut u64,
+    cursor: &mut Option<Cursor>,
 ) -> Result<(), String> {
-    let lines = pending(log, *shipped)?;
-    if lines.is_empty() {
+    // File reads block: off the async workers.
+    let (path, after, at) = (log.to_path_buf(), *shipped, *cursor);
+    let new = tokio::task::spawn_blocking(move || pending_since(&path, after, at))
+        .await
+        .map_err(|e| e.to_string())??;
+    if new.text.is_empty() {
+        *cursor = new.cursor;
         return Ok(());
     }
     let tcp = tokio::time::timeout(
@@ -149,18 +220,15 @@ async fn ship_once(
         .connect(name, tcp)
         .await
         .map_err(|e| format!("TLS to {}: {e}", cfg.addr))?;
-    let mut last = *shipped;
-    for (seq, line) in &lines {
-        stream
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .map_err(|e| format!("sending to {}: {e}", cfg.addr))?;
-        last = *seq;
-    }
+    stream
+        .write_all(new.text.as_bytes())
+        .await
+        .map_err(|e| format!("sending to {}: {e}", cfg.addr))?;
     stream.flush().await.map_err(|e| e.to_string())?;
     let _ = stream.shutdown().await;
-    crate::pki::write_file(&state_path(log), last.to_string().as_bytes(), 0o600)?;
-    *shipped = last;
+    crate::pki::write_file(&state_path(log), new.last.to_string().as_bytes(), 0o600)?;
+    *shipped = new.last;
+    *cursor = new.cursor;
     Ok(())
 }
 
@@ -179,8 +247,9 @@ pub async fn run(cfg: ShipConfig, log: PathBuf) {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
     let mut pause = Duration::from_secs(1);
+    let mut cursor = None;
     loop {
-        match ship_once(&cfg, &tls, &log, &mut shipped).await {
+        match ship_once(&cfg, &tls, &log, &mut shipped, &mut cursor).await {
             Ok(()) => pause = Duration::from_secs(1),
             Err(e) => {
                 tracing::warn!(error = %e, "audit shipping failed; the local log keeps everything, retrying");

@@ -68,29 +68,41 @@ async fn wait_for(seen: &Arc<Mutex<BTreeSet<u64>>>, upto: u64) {
     }
 }
 
+/// The highest seq in the log and its rotated files.
 fn last_seq(inst: &Installation) -> u64 {
-    let text = std::fs::read_to_string(inst.root.path().join("audit.log")).unwrap();
-    let last = text.lines().last().unwrap();
-    serde_json::from_str::<serde_json::Value>(last).unwrap()["seq"]
-        .as_u64()
-        .unwrap()
+    let mut max = 0;
+    for entry in std::fs::read_dir(inst.root.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("audit.log") || name.ends_with(".shipped") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let seq = serde_json::from_str::<serde_json::Value>(line).unwrap()["seq"]
+                .as_u64()
+                .unwrap();
+            max = max.max(seq);
+        }
+    }
+    max
 }
 
-/// Every record reaches the collector, in full; while it is down nothing is lost: the local
-/// log is the spool and the shipper catches up. [SNC 12.8: logs forwarded to a central store]
+/// Every record reaches the collector, in full, across log rotations; while it is down
+/// nothing is lost: the local log (and its rotated files) is the spool and the shipper
+/// catches up. [SNC 12.8: logs forwarded to a central store]
 #[tokio::test]
 async fn records_reach_the_collector_and_survive_its_outage() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let inst = Installation::with_config(&format!(
-        "[audit.ship]\naddr = \"{addr}\"\nserver_name = \"localhost\"\nca = \"tls/ca.pem\"\n"
+        "[audit]\nmax_bytes = 4000\n[audit.ship]\naddr = \"{addr}\"\nserver_name = \"localhost\"\nca = \"tls/ca.pem\"\n"
     ));
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
     let task = collector(&inst, listener, seen.clone());
     let mut share = None;
     let server = start_unsealed(&inst, &mut share).await;
     let c = server.client().await;
-    for _ in 0..5 {
+    for _ in 0..30 {
         c.status().await.unwrap();
     }
     wait_for(&seen, last_seq(&inst)).await;
@@ -98,10 +110,22 @@ async fn records_reach_the_collector_and_survive_its_outage() {
     // The collector goes away; the KMS keeps serving and keeps its records.
     task.abort();
     let _ = task.await;
-    for _ in 0..5 {
+    for _ in 0..30 {
         c.status().await.unwrap();
     }
     let upto = last_seq(&inst);
+    assert!(
+        std::fs::read_dir(inst.root.path())
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("audit.log.") && !n.ends_with(".shipped")
+            })
+            .count()
+            >= 2,
+        "the log should have rotated"
+    );
     // It comes back on the same address: the shipper catches up.
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let _task = collector(&inst, listener, seen.clone());
