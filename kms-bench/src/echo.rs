@@ -9,16 +9,10 @@ use kms_proto::bench::v1::echo_server::{Echo, EchoServer};
 use kms_proto::bench::v1::{EchoRequest, EchoResponse};
 use tonic::{Request, Response, Status};
 
-/// kms-server's own TLS code, compiled here unchanged: `server_config` (TLS 1.3, ring,
-/// client certificate required, ALPN h2) and `incoming` (per-connection handshake tasks,
-/// `TCP_NODELAY` on each socket, the principal named once per connection). The module is
-/// private in kms-server, hence the path; what it takes from the rest of that crate
-/// (`crate::principal`) is re-exported at this crate's root. Once kms-server exports it
-/// (`pub mod tls`), this becomes `use kms_server::tls`.
-// `Peer`'s fields are read by kms-server's authorisation, which the echo server has none of.
-#[allow(dead_code)]
-#[path = "../../kms-server/src/tls.rs"]
-mod tls;
+/// kms-server's own TLS code: `server_config` (TLS 1.3, ring, client certificate required,
+/// ALPN h2) and `incoming` (per-connection handshake tasks, `TCP_NODELAY` on each socket, the
+/// principal named once per connection), so the echo figure is a fair transport floor.
+use kms_server::tls;
 
 /// Where the echo server listens and which certificates it uses.
 #[derive(clap::Args)]

@@ -34,10 +34,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-// For kms-server's `tls.rs`, compiled into `echo` as is: it names principals with
-// `crate::principal`.
-use kms_server::principal;
-
 mod echo;
 mod hist;
 mod procfs;

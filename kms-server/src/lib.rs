@@ -22,7 +22,7 @@ pub mod principal;
 mod seal;
 mod service;
 pub mod storage;
-mod tls;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
