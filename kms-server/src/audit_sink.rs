@@ -143,6 +143,10 @@ struct Shared {
     /// False after a failed write or fsync, until the log has been reopened: requests then
     /// check the log before they run (fail closed).
     healthy: AtomicBool,
+    /// Tickets of buffered data-plane records that are resolved (written, or failed).
+    progress: tokio::sync::watch::Sender<u64>,
+    /// How many buffered batches ever failed: waiters look at `Writer::failed` only then.
+    failures: AtomicU64,
 }
 
 type Done = oneshot::Sender<Result<(), String>>;
@@ -200,6 +204,8 @@ impl AuditSink {
             }),
             sync_cv: Condvar::new(),
             healthy: AtomicBool::new(true),
+            progress: tokio::sync::watch::Sender::new(0),
+            failures: AtomicU64::new(0),
         });
         let syncer = shared.clone();
         std::thread::Builder::new()
@@ -222,6 +228,11 @@ impl AuditSink {
                 generation: 0,
                 written: 0,
                 checked: Instant::now(),
+                buf: String::new(),
+                buf_lines: 0,
+                tickets: 0,
+                flushing: false,
+                failed: std::collections::VecDeque::new(),
             }),
             shared,
         })
@@ -248,13 +259,52 @@ impl AuditSink {
 
     /// Appends one record (written to the OS when this returns Ok); if `durable`, returns
     /// once it is also fsynced (waiting at most [`WRITE_TIMEOUT`]).
+    ///
+    /// A data-plane record is buffered and written by the first request of its batch (the
+    /// leader), after letting the other ready requests add theirs: one `write` for many.
     async fn write(&self, record: Record, durable: bool) -> Result<(), String> {
-        let wait = {
+        if durable {
+            let wait = {
+                let mut w = lock(&self.writer);
+                self.check_not_stalled()?;
+                w.append(&self.shared, Some(record), true)?
+            };
+            return self.wait_durable(wait).await;
+        }
+        let (ticket, leader) = {
             let mut w = lock(&self.writer);
             self.check_not_stalled()?;
-            w.append(&self.shared, Some(record), durable)?
+            w.push(&self.shared, record)?
         };
-        self.wait_durable(wait).await
+        if leader {
+            // Writes the batch when dropped, even if this request is cancelled meanwhile.
+            let flush = FlushOnDrop(self);
+            tokio::task::yield_now().await;
+            drop(flush);
+        }
+        let mut progress = self.shared.progress.subscribe();
+        match tokio::time::timeout(WRITE_TIMEOUT, progress.wait_for(|t| *t >= ticket)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err("the audit log is closed".into()),
+            Err(_) => {
+                return Err(format!(
+                    "audit log {} was not written within {} s",
+                    self.path.display(),
+                    WRITE_TIMEOUT.as_secs()
+                ));
+            }
+        }
+        if self.shared.failures.load(Ordering::SeqCst) > 0 {
+            let w = lock(&self.writer);
+            if let Some((_, _, e)) = w
+                .failed
+                .iter()
+                .find(|(a, b, _)| (*a..=*b).contains(&ticket))
+            {
+                return Err(e.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Checks that the log is open and writable (reopening it if it was replaced or after a
@@ -337,6 +387,18 @@ impl AuditSink {
     }
 }
 
+/// Writes the buffered batch when dropped (see [`AuditSink::write`]).
+struct FlushOnDrop<'a>(&'a AuditSink);
+
+impl Drop for FlushOnDrop<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.writer).write_buffered(&self.0.shared);
+    }
+}
+
+/// Failed batches remembered for their waiters.
+const FAILURES_REMEMBERED: usize = 16;
+
 /// The file and the chain; behind the sink's mutex.
 struct Writer {
     path: PathBuf,
@@ -351,6 +413,15 @@ struct Writer {
     written: u64,
     /// When `ensure_open` last checked the path.
     checked: Instant,
+    /// Data-plane lines chained but not yet written, and how many.
+    buf: String,
+    buf_lines: u64,
+    /// Tickets issued to buffered records (the last one's number).
+    tickets: u64,
+    /// A leader will write the buffer.
+    flushing: bool,
+    /// Ticket ranges whose batch could not be written, with the reason.
+    failed: std::collections::VecDeque<(u64, u64, String)>,
 }
 
 impl Writer {
@@ -367,6 +438,11 @@ impl Writer {
         if same && !broken {
             return Ok(());
         }
+        // Buffered lines were chained onto the file being dropped: refuse them.
+        self.fail_buffered(
+            shared,
+            "the audit log was replaced before this record was written",
+        );
         self.file = None;
         let reopened = open_and_resume(&self.path).and_then(|(file, ino, chain)| {
             let len = file.metadata().map_err(|e| e.to_string())?.len();
@@ -408,7 +484,87 @@ impl Writer {
         sync.broken = None;
     }
 
-    /// Appends `record` (None: nothing, a flush marker). Returns what to wait on when
+    /// Chains `record` into the buffer. Returns its ticket, and whether this request leads
+    /// the batch (must call [`Writer::write_buffered`]).
+    fn push(&mut self, shared: &Shared, mut record: Record) -> Result<(u64, bool), String> {
+        if self.file.is_none()
+            || !shared.healthy.load(Ordering::Relaxed)
+            || self.checked.elapsed() >= RECHECK
+        {
+            self.ensure_open(shared)?;
+        }
+        record.node.clone_from(&self.node);
+        self.buf.push_str(&self.chain.append(record));
+        self.buf.push('\n');
+        self.buf_lines += 1;
+        self.tickets += 1;
+        let leader = !std::mem::replace(&mut self.flushing, true);
+        Ok((self.tickets, leader))
+    }
+
+    /// Refuses every buffered record (their chain is discarded with them on reopen).
+    fn fail_buffered(&mut self, shared: &Shared, why: &str) {
+        if self.buf_lines > 0 {
+            let first = self.tickets - self.buf_lines + 1;
+            self.failed
+                .push_back((first, self.tickets, why.to_string()));
+            if self.failed.len() > FAILURES_REMEMBERED {
+                self.failed.pop_front();
+            }
+            shared.failures.fetch_add(1, Ordering::SeqCst);
+        }
+        self.buf.clear();
+        self.buf_lines = 0;
+        shared.progress.send_replace(self.tickets);
+    }
+
+    /// Writes the buffered lines in one `write` and tells their waiters.
+    fn write_buffered(&mut self, shared: &Shared) {
+        self.flushing = false;
+        if self.buf_lines == 0 {
+            return;
+        }
+        let Some((file, _, len)) = self.file.clone() else {
+            return self.fail_buffered(shared, "audit log is not open");
+        };
+        if let Err(e) = (&*file).write_all(self.buf.as_bytes()) {
+            // The file may now end with a partial line: reopen (and cut it) next time.
+            self.file = None;
+            shared.healthy.store(false, Ordering::SeqCst);
+            let e = format!("cannot write the audit log {}: {e}", self.path.display());
+            tracing::error!(error = %e, "audit records not written");
+            return self.fail_buffered(shared, &e);
+        }
+        let len = len + self.buf.len() as u64;
+        if let Some(f) = &mut self.file {
+            f.2 = len;
+        }
+        self.written += self.buf_lines;
+        self.buf.clear();
+        self.buf_lines = 0;
+        shared.progress.send_replace(self.tickets);
+        let wake = {
+            let mut sync = lock(&shared.sync);
+            sync.written = self.written;
+            std::mem::take(&mut sync.idle)
+        };
+        if wake {
+            shared.sync_cv.notify_one();
+        }
+        self.rotate_if_full(shared, &file, len);
+    }
+
+    fn rotate_if_full(&mut self, shared: &Shared, file: &File, len: u64) {
+        if self.max_bytes > 0 && len >= self.max_bytes {
+            // A failed rotation is logged, not returned: these records are written.
+            if let Err(e) = self.rotate(shared, file) {
+                tracing::error!(error = %e, "audit log rotation failed; will retry");
+            }
+        }
+    }
+
+    /// Appends `record` (None: nothing, a flush marker), after any buffered lines. Returns
+    /// what to wait on when
     /// `durable`. The stat that detects a replaced log is done for state changes, after
     /// failures, and otherwise every [`RECHECK`].
     fn append(
@@ -424,6 +580,8 @@ impl Writer {
         {
             self.ensure_open(shared)?;
         }
+        // Lines buffered before this one go first, so the file keeps chain order.
+        self.write_buffered(shared);
         let Some((file, _, len)) = self.file.clone() else {
             return Err("audit log is not open".into());
         };
@@ -462,12 +620,7 @@ impl Writer {
         if wake {
             shared.sync_cv.notify_one();
         }
-        if self.max_bytes > 0 && len >= self.max_bytes {
-            // A failed rotation is logged, not returned: this record is written.
-            if let Err(e) = self.rotate(shared, &file) {
-                tracing::error!(error = %e, "audit log rotation failed; will retry");
-            }
-        }
+        self.rotate_if_full(shared, &file, len);
         Ok(wait)
     }
 
@@ -662,12 +815,29 @@ fn percent_decode(bytes: &[u8]) -> String {
 
 /// RFC 3339 UTC with milliseconds.
 fn now_rfc3339() -> String {
+    use std::fmt::Write as _;
+    thread_local! {
+        // The formatted second, reused by every record within it.
+        static SECOND: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((u64::MAX, String::new()))
+        };
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = kms_core::key::fmt_utc(now.as_secs());
-    // "YYYY-MM-DDTHH:MM:SSZ" → insert the milliseconds before the Z.
-    format!("{}.{:03}Z", secs.trim_end_matches('Z'), now.subsec_millis())
+    SECOND.with_borrow_mut(|(secs, text)| {
+        if *secs != now.as_secs() {
+            *secs = now.as_secs();
+            // "YYYY-MM-DDTHH:MM:SSZ" without the Z.
+            *text = kms_core::key::fmt_utc(now.as_secs())
+                .trim_end_matches('Z')
+                .to_string();
+        }
+        let mut out = String::with_capacity(text.len() + 5);
+        out.push_str(text);
+        let _ = write!(out, ".{:03}Z", now.subsec_millis());
+        out
+    })
 }
 
 /// The tower layer that audits every call to the wrapped services.
@@ -721,16 +891,27 @@ fn operation_of(path: &str) -> String {
     out
 }
 
-fn code_name(code: tonic::Code) -> String {
-    let s = format!("{code:?}");
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if ch.is_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(ch.to_ascii_uppercase());
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
     }
-    out
 }
 
 impl<S> tonic::codegen::Service<http::Request<Body>> for Audited<S>
@@ -770,7 +951,7 @@ where
             let (principal, peer) = match req.extensions().get::<crate::tls::Peer>() {
                 Some(p) => (
                     p.principal.as_deref().unwrap_or_default().to_string(),
-                    p.addr.map(|a| a.to_string()).unwrap_or_default(),
+                    p.addr_text.to_string(),
                 ),
                 None => (String::new(), String::new()),
             };
@@ -825,7 +1006,7 @@ where
                 key: detail.as_ref().map(|d| d.key.clone()).or(slot_key),
                 version: detail.and_then(|d| d.version),
                 outcome: outcome.into(),
-                code: code_name(code),
+                code: code_name(code).into(),
                 error,
                 context_hmac,
                 prev: GENESIS_PREV.to_string(),

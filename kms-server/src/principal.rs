@@ -60,7 +60,7 @@ pub fn of<T>(req: &Request<T>) -> Result<Principal, KmsError> {
         .map(str::to_string);
     Ok(Principal {
         name: name.to_string(),
-        peer: info.addr.map(|a| a.to_string()).unwrap_or_default(),
+        peer: info.addr_text.to_string(),
         totp,
         audit: req
             .extensions()

@@ -83,6 +83,8 @@ pub struct Peer {
     /// The principal (see [`crate::principal::name_of`]); None if the certificate names none.
     pub principal: Option<Arc<str>>,
     pub addr: Option<SocketAddr>,
+    /// `addr` as text, formatted once for the audit records.
+    pub addr_text: Arc<str>,
 }
 
 /// A verified mTLS connection and its [`Peer`].
@@ -179,6 +181,7 @@ pub fn incoming(
                         let peer = Peer {
                             principal,
                             addr: Some(peer),
+                            addr_text: Arc::from(peer.to_string()),
                         };
                         let _ = tx.send(Ok(Conn { stream, peer })).await;
                     }
