@@ -98,23 +98,7 @@ pub async fn run(args: EchoArgs) -> Result<(), String> {
     // Like kms-server's `serve`, minus the KMS services and the audit layer.
     tonic::transport::Server::builder()
         .add_service(EchoServer::new(EchoService))
-        .serve_with_incoming_shutdown(tls::incoming(listener, config), shutdown_signal())
+        .serve_with_incoming_shutdown(tls::incoming(listener, config), crate::shutdown_signal())
         .await
         .map_err(|e| format!("server error: {e}"))
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            // Without a SIGTERM handler, SIGINT still stops the server.
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }

@@ -37,6 +37,11 @@ pub struct Report {
     pub op: &'static str,
     pub addr: String,
     pub concurrency: usize,
+    /// Open loop: the requests per second asked for (`--rate`); null when closed loop.
+    pub rate: Option<f64>,
+    /// Open loop: measured requests that started more than 1 ms after they were due; null
+    /// when closed loop.
+    pub late_starts: Option<u64>,
     pub connections: usize,
     pub payload_bytes: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -99,11 +104,15 @@ impl Report {
                 self.op, self.addr, self.payload_bytes
             ),
         );
+        let pacing = match self.rate {
+            Some(r) => format!("open loop at {r} requests/s, at most {}", self.concurrency),
+            None => self.concurrency.to_string(),
+        };
         line(
             "load",
             format!(
-                "{} in flight over {} connection(s); {:.2} s measured after {:.1} s warm-up",
-                self.concurrency, self.connections, self.elapsed_s, self.warmup_s
+                "{pacing} in flight over {} connection(s); {:.2} s measured after {:.1} s warm-up",
+                self.connections, self.elapsed_s, self.warmup_s
             ),
         );
         line(
@@ -114,6 +123,17 @@ impl Report {
             ),
         );
         line("ops/s", format!("{:.0}", self.ops_per_s));
+        if let Some(late) = self.late_starts {
+            let share = if self.requests == 0 {
+                0.0
+            } else {
+                late as f64 * 100.0 / self.requests as f64
+            };
+            line(
+                "late",
+                format!("{late} ({share:.1} %) started more than 1 ms after due"),
+            );
+        }
         if let (Some(items), Some(per_s)) = (self.items, self.items_per_s) {
             line(
                 "items/s",

@@ -1,7 +1,9 @@
-//! `kms-bench run`: a closed-loop load generator. `--concurrency` workers, each with one
-//! request in flight, spread round-robin over `--connections` HTTP/2 connections; an
-//! unmeasured warm-up, then the measured window; a report of throughput, latency
-//! percentiles, errors by gRPC code and, with `--server-pid`, the server's CPU per request.
+//! `kms-bench run`: a load generator. `--concurrency` workers, each with at most one
+//! request in flight, spread round-robin over `--connections` HTTP/2 connections; closed loop
+//! (each worker sends as soon as its last answer arrives) or, with `--rate`, open loop (the
+//! requests are due at a fixed rate and a free worker sends each when due); an unmeasured
+//! warm-up, then the measured window; a report of throughput, latency percentiles, late
+//! starts, errors by gRPC code and, with `--server-pid`, the server's CPU per request.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -129,6 +131,19 @@ Latency is measured per request, from just before the call to the answer, on a
 current-thread runtime (one client thread). Percentiles come from a log-linear histogram
 and are exact to within 1.6 % (rounded up). ops/s counts successful requests.
 
+Open loop (--rate R): request n of each phase (warm-up, then the measured window) is due at
+the phase's start + n/R; a worker claims the next n, sleeps until it is due, then sends it.
+To compare servers at the same load, find the peak ops/s closed loop, then run each at
+half of it, e.g. `--rate 5000 --concurrency 64`, and compare p99. Two caveats:
+  * tokio's timer has about 1 ms granularity, so requests leave in small bursts (about
+    R/1000 at a time), not evenly spaced, each within about 1 ms of its due time (the
+    timer is aimed 1 ms early, since it fires up to 2 ms after its deadline).
+  * Latency is timed from the actual send, not from the due time. When the server (or this
+    client) cannot keep up, or all --concurrency workers are busy, requests start late:
+    `late` in the table (`late_starts` in the JSON) counts those that started more than
+    1 ms after they were due. A run with many late starts did not offer the load asked
+    for: raise --concurrency or lower --rate before reading its percentiles.
+
 Exit codes: 0 every request succeeded; 1 at least one request or batch item failed (the
 report says which gRPC codes, and the first message); 2 bad usage, cannot connect, or the
 preparation (key creation, decrypt ciphertexts) failed.")]
@@ -137,8 +152,8 @@ pub struct RunArgs {
     /// The request to send.
     #[arg(long, value_enum, default_value = "encrypt")]
     op: Op,
-    /// Requests in flight in total (one per worker, each sending its next request when the
-    /// previous one answers).
+    /// Workers, i.e. most requests in flight (each worker sends its next request when the
+    /// previous one answers, or with --rate when the next one is due).
     #[arg(long, short = 'c', value_name = "N", default_value_t = 16)]
     concurrency: usize,
     /// Separate HTTP/2 connections (each a TLS session); the workers are spread evenly over
@@ -151,6 +166,10 @@ pub struct RunArgs {
     /// Measure exactly N requests instead of a time window.
     #[arg(long, short = 'n', value_name = "N")]
     count: Option<u64>,
+    /// Open loop: R requests per second in total, spread over the workers (see below). Without
+    /// it, closed loop.
+    #[arg(long, value_name = "R")]
+    rate: Option<f64>,
     /// Seconds of load before the measured window, not reported (connections warm, key
     /// caches filled). 0 for none.
     #[arg(long, value_name = "SECS", default_value_t = 1.0)]
@@ -205,21 +224,77 @@ struct Plan {
     run_id: u128,
 }
 
-/// When a phase ends: at a deadline, or after a number of requests.
+/// Open-loop pacing: request n of the phase is due at `start + n / rate`.
+struct Pace {
+    start: Instant,
+    /// Requests per second, finite and positive.
+    rate: f64,
+}
+
+/// A request starting more than this after its due time counts as late (tokio's timer
+/// granularity is about 1 ms, so less is only timer noise).
+const LATE: Duration = Duration::from_millis(1);
+
+/// The granularity of tokio's timer.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// When a phase ends: at a deadline, or after a number of requests; and, open loop, when
+/// each request is due.
 struct Stop {
     deadline: Option<Instant>,
     limit: Option<u64>,
     issued: AtomicU64,
+    pace: Option<Pace>,
+}
+
+/// What a worker does next.
+enum Next {
+    /// The phase is over.
+    Done,
+    /// Send at once (closed loop).
+    Now,
+    /// Send at this time (open loop).
+    At(Instant),
 }
 
 impl Stop {
-    /// Claims the next request. Returns: false once the phase is over.
-    fn claim(&self) -> bool {
+    /// A phase that starts now.
+    fn new(deadline: Option<Instant>, limit: Option<u64>, rate: Option<f64>) -> Self {
+        Stop {
+            deadline,
+            limit,
+            issued: AtomicU64::new(0),
+            pace: rate.map(|rate| Pace {
+                start: Instant::now(),
+                rate,
+            }),
+        }
+    }
+
+    /// Claims the next request.
+    ///
+    /// Returns: `Done` once the phase is over (the deadline has passed or, open loop, the
+    /// request would be due at or after it; or the limit is reached); `Now` closed loop; `At`
+    /// its due time open loop.
+    fn claim(&self) -> Next {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            return false;
+            return Next::Done;
         }
         let n = self.issued.fetch_add(1, Ordering::Relaxed);
-        self.limit.is_none_or(|l| n < l)
+        if self.limit.is_some_and(|l| n >= l) {
+            return Next::Done;
+        }
+        let Some(p) = &self.pace else {
+            return Next::Now;
+        };
+        // Overflow only for absurdly small rates: due beyond any deadline, so the phase ends.
+        let due = Duration::try_from_secs_f64(n as f64 / p.rate)
+            .ok()
+            .and_then(|d| p.start.checked_add(d));
+        match due {
+            Some(due) if self.deadline.is_none_or(|d| due < d) => Next::At(due),
+            _ => Next::Done,
+        }
     }
 }
 
@@ -239,6 +314,8 @@ struct Tally {
     items_ok: u64,
     failed_requests: u64,
     failed_items: u64,
+    /// Open loop: requests that started more than [`LATE`] after they were due.
+    late: u64,
     errors: BTreeMap<String, u64>,
     first_error: Option<String>,
 }
@@ -258,6 +335,7 @@ impl Tally {
         self.items_ok += o.items_ok;
         self.failed_requests += o.failed_requests;
         self.failed_items += o.failed_items;
+        self.late += o.late;
         for (k, v) in o.errors {
             *self.errors.entry(k).or_default() += v;
         }
@@ -395,7 +473,23 @@ fn caller_for(op: Op, client: &Client) -> Caller {
 
 async fn worker(mut caller: Caller, plan: Arc<Plan>, stop: Arc<Stop>) -> (Caller, Tally) {
     let mut t = Tally::default();
-    while stop.claim() {
+    loop {
+        match stop.claim() {
+            Next::Done => break,
+            Next::Now => {}
+            Next::At(due) => {
+                // Aimed one tick early: tokio fires a timer on the first 1 ms tick at or after
+                // its deadline and rounds the wait up to whole ms again, so aiming at `due`
+                // woke 0-2 ms late (every request counted late at 50/s, on an idle server).
+                // Aimed early, sends land within about a tick either side of `due`.
+                let aim = due.checked_sub(TIMER_TICK).unwrap_or(due);
+                tokio::time::sleep_until(tokio::time::Instant::from_std(aim)).await;
+                if Instant::now().saturating_duration_since(due) > LATE {
+                    t.late += 1;
+                }
+            }
+        }
+        // From the actual send, not the due time: lateness is reported apart (`late`).
         let start = Instant::now();
         let outcome = call(&mut caller, &plan).await;
         let elapsed = start.elapsed();
@@ -523,6 +617,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             "--duration must be positive and --warmup at least 0 (seconds)".into(),
         ));
     }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err(RunError::Setup(
+            "--rate must be a positive number of requests per second".into(),
+        ));
+    }
     if args.count == Some(0) {
         return Err(RunError::Setup("--count must be at least 1".into()));
     }
@@ -570,11 +669,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         .collect();
 
     let callers = if args.warmup > 0.0 {
-        let stop = Stop {
-            deadline: Some(Instant::now() + Duration::from_secs_f64(args.warmup)),
-            limit: None,
-            issued: AtomicU64::new(0),
-        };
+        let stop = Stop::new(
+            Some(Instant::now() + Duration::from_secs_f64(args.warmup)),
+            None,
+            args.rate,
+        );
         let (callers, warm) = phase(callers, &plan, stop).await;
         if warm.ok == 0 {
             // Nothing answered: measuring would only repeat the failure.
@@ -592,14 +691,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let server_before = pid.as_deref().map(procfs::cpu_ticks).transpose()?;
     let client_before = procfs::cpu_ticks("self").ok();
     let start = Instant::now();
-    let stop = Stop {
-        deadline: match (args.count, args.duration) {
-            (Some(_), _) => None,
-            (None, d) => Some(start + Duration::from_secs_f64(d.unwrap_or(10.0))),
-        },
-        limit: args.count,
-        issued: AtomicU64::new(0),
+    let deadline = match (args.count, args.duration) {
+        (Some(_), _) => None,
+        (None, d) => Some(start + Duration::from_secs_f64(d.unwrap_or(10.0))),
     };
+    let stop = Stop::new(deadline, args.count, args.rate);
     let (_callers, t) = phase(callers, &plan, stop).await;
     let elapsed = start.elapsed().as_secs_f64();
     let client_after = procfs::cpu_ticks("self").ok();
@@ -626,6 +722,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         op: args.op.name(),
         addr: opts.addr.clone(),
         concurrency: args.concurrency,
+        rate: args.rate,
+        late_starts: args.rate.map(|_| t.late),
         connections: args.connections,
         payload_bytes: args.payload,
         batch: (args.op == Op::BatchEncrypt).then_some(args.batch),

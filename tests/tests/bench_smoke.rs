@@ -175,3 +175,132 @@ async fn echo_server_with_the_server_tls() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
 }
+
+#[tokio::test]
+async fn open_loop_rate_runs_clean_and_reports_it() {
+    let inst = Installation::new();
+    let server = start_unsealed(&inst, &mut None).await;
+    let r = report(&bench(
+        &server,
+        "run --op encrypt --rate 500 --count 200 --concurrency 8 --warmup 0 --json",
+    ));
+    assert_clean(&r, "encrypt", 200);
+    assert_eq!(r["rate"], 500.0, "{r}");
+    assert!(r["late_starts"].as_u64().unwrap() <= 200, "{r}");
+    // Closed loop (no --rate): both null.
+    let r = report(&bench(
+        &server,
+        "run --op encrypt --count 10 --warmup 0 --json",
+    ));
+    assert!(r["rate"].is_null() && r["late_starts"].is_null(), "{r}");
+}
+
+/// `kms-bench collector`'s stdout, line by line, read on a thread so the test can wait on it
+/// with a deadline. Killed on drop.
+struct Collector {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Collector {
+    /// Starts it with the certificate in `tls_dir` on a free port. Returns: it and its address.
+    fn start(tls_dir: &std::path::Path) -> (Collector, String) {
+        let mut child = Command::new(bin("kms-bench"))
+            .arg("collector")
+            .arg("--tls-dir")
+            .arg(tls_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut c = Collector { child, lines: rx };
+        let line = c.next_line_matching("kms-bench collector listening on ");
+        (c, line.trim().to_string())
+    }
+
+    /// Waits (at most 60 s) for a line starting with `prefix`. Returns: the rest of it.
+    fn next_line_matching(&mut self, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no `{prefix}` line from the collector: {e}"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_string();
+            }
+        }
+    }
+}
+
+/// Parses "N lines, max seq S[, ...]".
+fn lines_and_seq(rest: &str) -> (u64, u64) {
+    let (n, rest) = rest.split_once(" lines, max seq ").unwrap();
+    let s = rest.split(',').next().unwrap();
+    (n.parse().unwrap(), s.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn collector_receives_the_shipped_audit_log() {
+    // The collector's own PKI (its CA given to the shipper): it must be listening, on a port
+    // only it knows, before the server's config can name it.
+    let collector_pki = tempfile::tempdir().unwrap();
+    let pki = kms_tests::Pki::generate(collector_pki.path());
+    let (mut collector, addr) = Collector::start(&pki.dir);
+    let inst = Installation::with_config(&format!(
+        "[audit.ship]\naddr = \"{addr}\"\nserver_name = \"localhost\"\nca = \"{}\"\n",
+        pki.ca().display()
+    ));
+    let server = start_unsealed(&inst, &mut None).await;
+    let c = server.client().await;
+    for _ in 0..5 {
+        c.status().await.unwrap();
+    }
+    // The highest seq written so far (the calls above are audited before they answer).
+    let log = std::fs::read_to_string(inst.root.path().join("audit.log")).unwrap();
+    let last = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["seq"].as_u64())
+        .max()
+        .unwrap();
+    assert!(last >= 5, "{log}");
+    // Progress lines until the collector has caught up (bounded by the 60 s per line).
+    loop {
+        let (_, seq) = lines_and_seq(&collector.next_line_matching("received "));
+        if seq >= last {
+            break;
+        }
+    }
+    // SIGTERM: it prints its totals and exits 0.
+    let term = Command::new("kill")
+        .args(["-TERM", &collector.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let (n, seq) = lines_and_seq(&collector.next_line_matching("total "));
+    assert!(
+        n >= last && seq >= last,
+        "{n} lines, max seq {seq}, want {last}"
+    );
+    assert!(collector.child.wait().unwrap().success());
+}
