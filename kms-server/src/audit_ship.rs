@@ -13,7 +13,10 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long the collector has to read a batch and close the connection.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where to ship, and how to authenticate (the `[audit.ship]` config section).
 #[derive(Debug, Clone, Deserialize)]
@@ -225,7 +228,37 @@ async fn ship_once(
         .await
         .map_err(|e| format!("sending to {}: {e}", cfg.addr))?;
     stream.flush().await.map_err(|e| e.to_string())?;
-    let _ = stream.shutdown().await;
+    stream
+        .shutdown()
+        .await
+        .map_err(|e| format!("closing the connection to {}: {e}", cfg.addr))?;
+    // Shipped only once the collector has read everything and closed its side. Closing with
+    // unread bytes from it (TLS 1.3 session tickets) would make our kernel reset the
+    // connection and discard what the collector had not read yet.
+    let mut drain = [0u8; 4096];
+    let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+        loop {
+            match stream.read(&mut drain).await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                // A collector may close without a TLS close_notify: still a clean close.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match confirmed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("{} did not confirm the batch: {e}", cfg.addr)),
+        Err(_) => {
+            return Err(format!(
+                "{} did not close the connection within {} s after the batch",
+                cfg.addr,
+                CONFIRM_TIMEOUT.as_secs()
+            ));
+        }
+    }
     crate::pki::write_file(&state_path(log), new.last.to_string().as_bytes(), 0o600)?;
     *shipped = new.last;
     *cursor = new.cursor;

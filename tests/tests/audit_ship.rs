@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kms_tests::{Installation, start_unsealed};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// A TLS collector on `listener` that records the `seq` of every line it receives.
 fn collector(
@@ -42,6 +42,12 @@ fn collector(
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
+                // Send our TLS 1.3 session tickets now, then read slowly: the shipper has
+                // closed its side before we read a byte, with the tickets unread on its side
+                // (it must drain them and wait for our close, not reset the connection).
+                let mut tls = tls;
+                let _ = tls.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let mut lines = tokio::io::BufReader::new(tls).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
