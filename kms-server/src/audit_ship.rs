@@ -137,17 +137,27 @@ fn pending_since(log: &Path, after: u64, cursor: Option<Cursor>) -> Result<Pendi
     file.read_to_string(&mut text).map_err(io)?;
     // A line still being written is left for the next round.
     text.truncate(text.rfind('\n').map(|i| i + 1).unwrap_or(0));
-    let last = text
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .and_then(|v| v["seq"].as_u64())
-        .unwrap_or(after);
+    let last = text.lines().last().and_then(seq_of).unwrap_or(after);
     let offset = c.offset + text.len() as u64;
     Ok(Pending {
         text,
         last,
         cursor: Some(Cursor { ino: c.ino, offset }),
+    })
+}
+
+/// The sequence number of a record line. Records start with `{"seq":N,` (the field order
+/// of `kms_core::audit::Record`), so catching up on a large log parses no JSON; any other
+/// line is parsed in full.
+fn seq_of(line: &str) -> Option<u64> {
+    let fast = line
+        .strip_prefix("{\"seq\":")
+        .and_then(|rest| rest.split_once(','))
+        .and_then(|(n, _)| n.parse().ok());
+    fast.or_else(|| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v["seq"].as_u64())
     })
 }
 
@@ -184,9 +194,7 @@ fn pending(log: &Path, after: u64) -> Result<(Vec<(u64, String)>, u64), String> 
         text.truncate(text.rfind('\n').map(|i| i + 1).unwrap_or(0));
         complete = text.len() as u64;
         for line in text.lines() {
-            let seq = serde_json::from_str::<serde_json::Value>(line)
-                .ok()
-                .and_then(|v| v["seq"].as_u64());
+            let seq = seq_of(line);
             if let Some(seq) = seq.filter(|s| *s > after) {
                 out.push((seq, line.to_string()));
             }
@@ -290,5 +298,18 @@ pub async fn run(cfg: ShipConfig, log: PathBuf) {
             }
         }
         tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_of_reads_the_prefix_and_falls_back_to_json() {
+        assert_eq!(seq_of(r#"{"seq":42,"time":"x"}"#), Some(42));
+        assert_eq!(seq_of(r#"{"time":"x","seq":7}"#), Some(7));
+        assert_eq!(seq_of(r#"{"seq":"no","time":"x"}"#), None);
+        assert_eq!(seq_of("torn {\"seq"), None);
     }
 }
