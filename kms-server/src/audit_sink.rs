@@ -307,6 +307,15 @@ impl AuditSink {
         Ok(())
     }
 
+    /// Appends and writes one record at once, without waiting (for drop paths).
+    fn write_now(&self, record: Record) -> Result<(), String> {
+        self.check_not_stalled()?;
+        let mut w = lock(&self.writer);
+        w.push(&self.shared, record)?;
+        w.write_buffered(&self.shared);
+        Ok(())
+    }
+
     /// Checks that the log is open and writable (reopening it if it was replaced or after a
     /// failure). One `stat`.
     fn probe(&self) -> Result<(), String> {
@@ -965,59 +974,126 @@ where
                 tracing::error!(error = %e, "audit unavailable; refusing the request");
                 return Ok(tonic::Status::unavailable("audit unavailable: the request was not run; the operators must restore the audit log").into_http());
             }
-            let resp = inner.call(req).await?;
-            let code = resp
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map(tonic::Code::from_i32)
-                .unwrap_or(tonic::Code::Ok);
-            // The refusal's reason, as the client saw it (messages never carry secrets).
-            let error = (code != tonic::Code::Ok)
-                .then(|| {
-                    resp.headers()
-                        .get("grpc-message")
-                        .map(|v| percent_decode(v.as_bytes()))
-                })
-                .flatten();
-            let detail = resp.extensions().get::<AuditDetail>().cloned();
-            let (slot_key, context) = slot.take();
-            let key = (!context.is_empty())
-                .then(|| sink.keystore.get().and_then(|k| k.audit_key()))
-                .flatten();
-            let context_hmac = key
-                .map(|k| kms_core::audit::context_hmacs(&k, context.iter()))
-                .unwrap_or_default();
-            drop(context);
-            let outcome = match code {
-                tonic::Code::Ok => "ok",
-                tonic::Code::PermissionDenied => "denied",
-                _ => "error",
+            // If the client goes away (RST_STREAM, grpc-timeout), the request's future is
+            // dropped wherever it is. A state change therefore runs in its own task, which
+            // finishes (and records it) regardless; a data-plane call that is dropped before
+            // its record is queued leaves a "cancelled" record instead.
+            let mut cancelled = CancelGuard {
+                sink: sink.clone(),
+                record: Some(Record {
+                    seq: 0,
+                    time: time.clone(),
+                    request_id: request_id.clone(),
+                    node: String::new(),
+                    principal: principal.clone(),
+                    peer: peer.clone(),
+                    operation: operation_of(&path),
+                    key: None,
+                    version: None,
+                    outcome: "error".into(),
+                    code: code_name(tonic::Code::Cancelled).into(),
+                    error: Some("the client cancelled the call".into()),
+                    context_hmac: Default::default(),
+                    prev: GENESIS_PREV.to_string(),
+                }),
+                slot: slot.clone(),
             };
-            let record = Record {
-                seq: 0,
-                time,
-                request_id,
-                node: String::new(),
-                principal,
-                peer,
-                operation: operation_of(&path),
-                key: detail.as_ref().map(|d| d.key.clone()).or(slot_key),
-                version: detail.and_then(|d| d.version),
-                outcome: outcome.into(),
-                code: code_name(code).into(),
-                error,
-                context_hmac,
-                prev: GENESIS_PREV.to_string(),
+            let work = async move {
+                let resp = inner.call(req).await?;
+                let code = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map(tonic::Code::from_i32)
+                    .unwrap_or(tonic::Code::Ok);
+                // The refusal's reason, as the client saw it (messages never carry secrets).
+                let error = (code != tonic::Code::Ok)
+                    .then(|| {
+                        resp.headers()
+                            .get("grpc-message")
+                            .map(|v| percent_decode(v.as_bytes()))
+                    })
+                    .flatten();
+                let detail = resp.extensions().get::<AuditDetail>().cloned();
+                let (slot_key, context) = slot.take();
+                let key = (!context.is_empty())
+                    .then(|| sink.keystore.get().and_then(|k| k.audit_key()))
+                    .flatten();
+                let context_hmac = key
+                    .map(|k| kms_core::audit::context_hmacs(&k, context.iter()))
+                    .unwrap_or_default();
+                drop(context);
+                let outcome = match code {
+                    tonic::Code::Ok => "ok",
+                    tonic::Code::PermissionDenied => "denied",
+                    _ => "error",
+                };
+                let record = Record {
+                    seq: 0,
+                    time,
+                    request_id,
+                    node: String::new(),
+                    principal,
+                    peer,
+                    operation: operation_of(&path),
+                    key: detail.as_ref().map(|d| d.key.clone()).or(slot_key),
+                    version: detail.and_then(|d| d.version),
+                    outcome: outcome.into(),
+                    code: code_name(code).into(),
+                    error,
+                    context_hmac,
+                    prev: GENESIS_PREV.to_string(),
+                };
+                // From here the record is on its way (written even if this future is dropped).
+                cancelled.disarm();
+                let written = sink.write(record, durable).await;
+                if let Err(e) = written {
+                    tracing::error!(error = %e, "audit record not written; refusing the response");
+                    return Ok(tonic::Status::unavailable("audit unavailable: the outcome could not be recorded; check the operation's effect before retrying").into_http());
+                }
+                Ok(resp)
             };
-            let written = sink.write(record, durable).await;
-            if let Err(e) = written {
-                tracing::error!(error = %e, "audit record not written; refusing the response");
-                return Ok(tonic::Status::unavailable("audit unavailable: the outcome could not be recorded; check the operation's effect before retrying").into_http());
+            if durable {
+                match tokio::spawn(work).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "audited request task failed");
+                        Ok(tonic::Status::internal(
+                            "the request failed; check its effect before retrying",
+                        )
+                        .into_http())
+                    }
+                }
+            } else {
+                work.await
             }
-            Ok(resp)
         })
+    }
+}
+
+/// Records a call whose future was dropped before its record was queued (see `call`).
+struct CancelGuard {
+    sink: Arc<AuditSink>,
+    record: Option<Record>,
+    slot: AuditSlot,
+}
+
+impl CancelGuard {
+    fn disarm(&mut self) {
+        self.record = None;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        record.key = self.slot.take().0;
+        if let Err(e) = self.sink.write_now(record) {
+            tracing::error!(error = %e, "the record of a cancelled call was not written");
+        }
     }
 }
 

@@ -276,6 +276,50 @@ async fn acknowledged_calls_are_recorded_when_the_server_is_killed() {
     assert!(verify(&inst).status.success());
 }
 
+/// A client cannot skip the audit by abandoning its calls: CreateKey calls with deadlines of
+/// 0.2–6 ms (the server drops them mid-way) either create nothing or create a key that has its
+/// record. [SNC 12.6: every rights or key change is logged]
+#[tokio::test]
+async fn abandoned_state_changes_are_still_recorded() {
+    let inst = Installation::new();
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    for i in 0..150u64 {
+        let mut req = tonic::Request::new(pb::CreateKeyRequest {
+            name: format!("abandoned/k{i}"),
+            ..Default::default()
+        });
+        req.set_timeout(std::time::Duration::from_micros(200 + (i % 30) * 200));
+        let _ = c.key_admin().create_key(req).await;
+    }
+    // A call after them all: the spawned changes it follows are finished and recorded.
+    let listed = c
+        .call(c.key_admin().list_keys(pb::ListKeysRequest {
+            prefix: "abandoned/".into(),
+            page_size: 1000,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap();
+    let recorded: std::collections::HashSet<String> = records(&inst)
+        .iter()
+        .filter(|r| r["operation"] == "create-key" && r["outcome"] == "ok")
+        .filter_map(|r| r["key"].as_str().map(str::to_string))
+        .collect();
+    let unrecorded: Vec<&str> = listed
+        .keys
+        .iter()
+        .map(|k| k.name.as_str())
+        .filter(|n| !recorded.contains(*n))
+        .collect();
+    assert!(
+        unrecorded.is_empty(),
+        "created without a record: {unrecorded:?}"
+    );
+    assert!(verify(&inst).status.success());
+}
+
 /// Concurrent requests share fsyncs (group commit) and the chain stays whole: every call is
 /// one record, in sequence.
 #[tokio::test]
