@@ -233,6 +233,7 @@ impl AuditSink {
                 tickets: 0,
                 flushing: false,
                 failed: std::collections::VecDeque::new(),
+                forgotten: 0,
             }),
             shared,
         })
@@ -265,15 +266,15 @@ impl AuditSink {
     async fn write(&self, record: Record, durable: bool) -> Result<(), String> {
         if durable {
             let wait = {
-                let mut w = lock(&self.writer);
                 self.check_not_stalled()?;
+                let mut w = lock(&self.writer);
                 w.append(&self.shared, Some(record), true)?
             };
             return self.wait_durable(wait).await;
         }
         let (ticket, leader) = {
-            let mut w = lock(&self.writer);
             self.check_not_stalled()?;
+            let mut w = lock(&self.writer);
             w.push(&self.shared, record)?
         };
         if leader {
@@ -303,6 +304,9 @@ impl AuditSink {
             {
                 return Err(e.clone());
             }
+            if ticket <= w.forgotten {
+                return Err("the audit log failed repeatedly while this record waited".into());
+            }
         }
         Ok(())
     }
@@ -319,15 +323,23 @@ impl AuditSink {
     /// Checks that the log is open and writable (reopening it if it was replaced or after a
     /// failure). One `stat`.
     fn probe(&self) -> Result<(), String> {
-        let mut w = lock(&self.writer);
         self.check_not_stalled()?;
-        w.ensure_open(&self.shared)
+        let mut w = lock(&self.writer);
+        w.ensure_open(&self.shared)?;
+        w.reserve()
     }
 
-    /// Returns once every record written so far is durable.
-    pub async fn flush(&self) -> Result<(), String> {
-        let wait = lock(&self.writer).append(&self.shared, None, true)?;
-        self.wait_durable(wait).await
+    /// Returns once every record written so far is durable, with the head of those records.
+    pub async fn flush(&self) -> Result<kms_core::audit::Head, String> {
+        let (wait, head) = {
+            let mut w = lock(&self.writer);
+            let wait = w.append(&self.shared, None, true)?;
+            // The buffer is empty now: the head is the last line written, which `wait`
+            // makes durable (a line chained later could still fail or be lost).
+            (wait, w.chain.head())
+        };
+        self.wait_durable(wait).await?;
+        Ok(head)
     }
 
     async fn wait_durable(
@@ -366,10 +378,10 @@ impl AuditSink {
         &self,
         seal: &crate::Seal,
     ) -> Result<kms_core::audit::Head, crate::KmsError> {
-        self.flush()
+        let head = self
+            .flush()
             .await
             .map_err(crate::KmsError::AuditUnavailable)?;
-        let head = self.head();
         let keyring = seal.keyring().await?;
         let path = format!("audit/head/{}", hex::encode(self.node.as_bytes()));
         let json =
@@ -431,6 +443,9 @@ struct Writer {
     flushing: bool,
     /// Ticket ranges whose batch could not be written, with the reason.
     failed: std::collections::VecDeque<(u64, u64, String)>,
+    /// The last ticket of the newest range dropped from `failed`: a waiter at or below it
+    /// that finds no range is refused (it may have been in a forgotten failed batch).
+    forgotten: u64,
 }
 
 impl Writer {
@@ -469,7 +484,7 @@ impl Writer {
         self.chain = chain;
         self.new_generation(shared, file.clone());
         self.file = Some((file, ino, len));
-        shared.healthy.store(true, Ordering::SeqCst);
+        // Healthy again only once a write succeeds: a reopen also succeeds on a full disk.
         tracing::warn!(path = %self.path.display(), "audit log reopened");
         Ok(())
     }
@@ -491,6 +506,23 @@ impl Writer {
         sync.written = 0;
         sync.synced = 0;
         sync.broken = None;
+    }
+
+    /// Checks that the disk has room for the next records (64 KiB past the end of the file,
+    /// allocated without changing its size), so a state change is refused before it runs
+    /// when the disk is full, not after. A filesystem without fallocate skips the check.
+    fn reserve(&self) -> Result<(), String> {
+        let Some((file, _, len)) = &self.file else {
+            return Err("audit log is not open".into());
+        };
+        match rustix::fs::fallocate(&**file, rustix::fs::FallocateFlags::KEEP_SIZE, *len, 65536) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(()),
+            Err(e) => Err(format!(
+                "no room for the audit log {}: {e}",
+                self.path.display()
+            )),
+        }
     }
 
     /// Chains `record` into the buffer. Returns its ticket, and whether this request leads
@@ -517,8 +549,10 @@ impl Writer {
             let first = self.tickets - self.buf_lines + 1;
             self.failed
                 .push_back((first, self.tickets, why.to_string()));
-            if self.failed.len() > FAILURES_REMEMBERED {
-                self.failed.pop_front();
+            if self.failed.len() > FAILURES_REMEMBERED
+                && let Some((_, last, _)) = self.failed.pop_front()
+            {
+                self.forgotten = last;
             }
             shared.failures.fetch_add(1, Ordering::SeqCst);
         }
@@ -544,6 +578,7 @@ impl Writer {
             tracing::error!(error = %e, "audit records not written");
             return self.fail_buffered(shared, &e);
         }
+        shared.healthy.store(true, Ordering::SeqCst);
         let len = len + self.buf.len() as u64;
         if let Some(f) = &mut self.file {
             f.2 = len;
@@ -565,9 +600,24 @@ impl Writer {
 
     fn rotate_if_full(&mut self, shared: &Shared, file: &File, len: u64) {
         if self.max_bytes > 0 && len >= self.max_bytes {
-            // A failed rotation is logged, not returned: these records are written.
+            // These records are written; but after a failed fsync the file's earlier lines
+            // may be lost, and after a rename the file is no longer the log: either way it
+            // must not be written again. Its durable waiters are refused; the next record
+            // reopens the log (a new generation).
             if let Err(e) = self.rotate(shared, file) {
-                tracing::error!(error = %e, "audit log rotation failed; will retry");
+                tracing::error!(error = %e, "audit log rotation failed; reopening the log");
+                self.file = None;
+                shared.healthy.store(false, Ordering::SeqCst);
+                let generation = self.generation;
+                let mut sync = lock(&shared.sync);
+                let (failed, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut sync.waiters)
+                    .into_iter()
+                    .partition(|(g, _, _)| *g == generation);
+                sync.waiters = keep;
+                sync.broken = Some(generation);
+                for (_, _, d) in failed {
+                    answer(d, Err(format!("audit log rotation failed: {e}")));
+                }
             }
         }
     }
@@ -608,6 +658,7 @@ impl Writer {
                 tracing::error!(error = %e, "audit record not written");
                 return Err(e);
             }
+            shared.healthy.store(true, Ordering::SeqCst);
             self.chain = chain;
             self.written += 1;
             len += line.len() as u64;
@@ -637,7 +688,10 @@ impl Writer {
     /// Every line of the old file is fsynced first, so its waiters are answered.
     fn rotate(&mut self, shared: &Shared, old: &File) -> Result<(), String> {
         let io = |e: std::io::Error| format!("{}: {e}", self.path.display());
-        old.sync_data().map_err(io)?;
+        lock(&shared.sync).syncing_since = Some(Instant::now());
+        let synced = old.sync_data();
+        lock(&shared.sync).syncing_since = None;
+        synced.map_err(io)?;
         {
             let mut sync = lock(&shared.sync);
             let generation = self.generation;
@@ -677,7 +731,12 @@ fn sync_loop(shared: &Shared) {
     let mut last_sync = Instant::now();
     let mut st = lock(&shared.sync);
     loop {
-        let dirty = st.written > st.synced;
+        // A broken file is not synced again (see below): nothing to do until it is replaced.
+        let broken = st
+            .file
+            .as_ref()
+            .is_some_and(|(_, g)| st.broken == Some(*g));
+        let dirty = st.written > st.synced && !broken;
         let due = dirty && last_sync.elapsed() >= st.interval;
         if st.waiters.is_empty() && !due {
             let wait = if dirty {
@@ -700,6 +759,14 @@ fn sync_loop(shared: &Shared) {
             }
             continue;
         };
+        if st.broken == Some(generation) {
+            // An earlier fsync of this file failed: a later one may succeed although lines
+            // were lost. Its waiters are refused; the writer reopens the log.
+            for (_, _, done) in st.waiters.drain(..) {
+                answer(done, Err("an earlier fsync of the audit log failed".into()));
+            }
+            continue;
+        }
         let covering = st.written;
         st.syncing_since = Some(Instant::now());
         drop(st);

@@ -320,6 +320,122 @@ async fn abandoned_state_changes_are_still_recorded() {
     assert!(verify(&inst).status.success());
 }
 
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    /// None where mounting is not permitted (not root, no CAP_SYS_ADMIN).
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// A full disk under the audit log: CreateKey is refused before it runs (no key is created)
+/// once the log's reserved space cannot be renewed; once space is freed, calls work again and
+/// the chain verifies.
+/// [SNC 12.6: no unlogged action]
+#[tokio::test]
+async fn full_disk_under_the_audit_log_fails_closed() {
+    let Some(fs) = Tmpfs::mount("256k") else {
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (needs root); the full-disk case is untested"
+        );
+        return;
+    };
+    let log = fs.0.path().join("audit.log");
+    let inst = Installation::with_config(&format!("[audit]\npath = \"{}\"\n", log.display()));
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
+        name: "before".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    // Fill the disk.
+    let filler = fs.0.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let status = |r: Result<(), ClientError>| match r.unwrap_err() {
+        ClientError::Status(s) => s,
+        other => panic!("{other}"),
+    };
+    // The log keeps 64 KiB reserved past its end, so records still fit for a while; state
+    // changes are refused before they run once the reserve cannot be renewed.
+    let mut refused = None;
+    for i in 0..2000 {
+        let r = c
+            .call(c.key_admin().create_key(pb::CreateKeyRequest {
+                name: format!("full/k{i}"),
+                ..Default::default()
+            }))
+            .await;
+        if let Err(e) = r {
+            let s = status(Err(e));
+            assert_eq!(s.code(), Code::Unavailable, "{}", s.message());
+            assert!(
+                s.message().contains("the request was not run"),
+                "{}",
+                s.message()
+            );
+            refused = Some(i);
+            break;
+        }
+    }
+    let refused = refused.expect("the full disk was never noticed");
+
+    std::fs::remove_file(&filler).unwrap();
+    c.encrypt("before", b"m".to_vec(), HashMap::new())
+        .await
+        .unwrap();
+    let s = status(
+        c.call(c.key_admin().get_key(pb::GetKeyRequest {
+            name: "while-full".into(),
+        }))
+        .await
+        .map(drop),
+    );
+    assert_eq!(s.code(), Code::NotFound, "{}", s.message());
+    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
+        name: "after".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    drop(c);
+    drop(server);
+    let out = std::process::Command::new(bin("kms-cli"))
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// Concurrent requests share fsyncs (group commit) and the chain stays whole: every call is
 /// one record, in sequence.
 #[tokio::test]
