@@ -410,7 +410,7 @@ async fn full_disk_under_the_audit_log_fails_closed() {
         .unwrap();
     let s = status(
         c.call(c.key_admin().get_key(pb::GetKeyRequest {
-            name: "while-full".into(),
+            name: format!("full/k{refused}"),
         }))
         .await
         .map(drop),
