@@ -104,11 +104,18 @@ struct Pending {
     text: String,
     last: u64,
     cursor: Option<Cursor>,
+    /// The first missing sequence number, if this round stopped at a gap.
+    gap: Option<u64>,
 }
 
 /// New complete lines since `cursor`, when it still points into the current file; else the
 /// full scan of [`pending`].
-fn pending_since(log: &Path, after: u64, cursor: Option<Cursor>) -> Result<Pending, String> {
+fn pending_since(
+    log: &Path,
+    after: u64,
+    cursor: Option<Cursor>,
+    tolerated_gap: Option<u64>,
+) -> Result<Pending, String> {
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::MetadataExt;
     let io = |e: std::io::Error| format!("{}: {e}", log.display());
@@ -116,7 +123,30 @@ fn pending_since(log: &Path, after: u64, cursor: Option<Cursor>) -> Result<Pendi
     let meta = file.metadata().map_err(io)?;
     let Some(c) = cursor.filter(|c| c.ino == meta.ino() && c.offset <= meta.len()) else {
         // First round, or the file was rotated or replaced: scan everything once.
-        let (lines, offset) = pending(log, after)?;
+        let (mut lines, offset) = pending(log, after)?;
+        // Sequence numbers are consecutive within a chain. A gap usually means a rotation
+        // happened while the files were read (the rotated file's tail was missed): ship up
+        // to the gap and scan again next round. The same gap twice in a row is real (rotated
+        // files removed, or a restarted chain): ship past it, with a warning.
+        let gap = lines
+            .iter()
+            .zip(after + 1..)
+            .position(|((seq, _), expected)| *seq != expected)
+            .map(|at| (at, after + 1 + at as u64));
+        let gap = match gap {
+            Some((_, missing)) if tolerated_gap == Some(missing) => {
+                tracing::warn!(
+                    missing,
+                    "audit records missing from the local log; shipping past them"
+                );
+                None
+            }
+            Some((at, missing)) => {
+                lines.truncate(at);
+                Some(missing)
+            }
+            None => None,
+        };
         let last = lines.last().map(|(s, _)| *s).unwrap_or(after);
         let mut text = String::new();
         for (_, l) in &lines {
@@ -126,10 +156,11 @@ fn pending_since(log: &Path, after: u64, cursor: Option<Cursor>) -> Result<Pendi
         return Ok(Pending {
             text,
             last,
-            cursor: Some(Cursor {
+            cursor: gap.is_none().then_some(Cursor {
                 ino: meta.ino(),
                 offset,
             }),
+            gap,
         });
     };
     file.seek(SeekFrom::Start(c.offset)).map_err(io)?;
@@ -143,6 +174,7 @@ fn pending_since(log: &Path, after: u64, cursor: Option<Cursor>) -> Result<Pendi
         text,
         last,
         cursor: Some(Cursor { ino: c.ino, offset }),
+        gap: None,
     })
 }
 
@@ -209,12 +241,14 @@ async fn ship_once(
     log: &Path,
     shipped: &mut u64,
     cursor: &mut Option<Cursor>,
+    gap: &mut Option<u64>,
 ) -> Result<(), String> {
     // File reads block: off the async workers.
-    let (path, after, at) = (log.to_path_buf(), *shipped, *cursor);
-    let new = tokio::task::spawn_blocking(move || pending_since(&path, after, at))
+    let (path, after, at, tolerated) = (log.to_path_buf(), *shipped, *cursor, *gap);
+    let new = tokio::task::spawn_blocking(move || pending_since(&path, after, at, tolerated))
         .await
         .map_err(|e| e.to_string())??;
+    *gap = new.gap;
     if new.text.is_empty() {
         *cursor = new.cursor;
         return Ok(());
@@ -289,8 +323,9 @@ pub async fn run(cfg: ShipConfig, log: PathBuf) {
         .unwrap_or(0);
     let mut pause = Duration::from_secs(1);
     let mut cursor = None;
+    let mut gap = None;
     loop {
-        match ship_once(&cfg, &tls, &log, &mut shipped, &mut cursor).await {
+        match ship_once(&cfg, &tls, &log, &mut shipped, &mut cursor, &mut gap).await {
             Ok(()) => pause = Duration::from_secs(1),
             Err(e) => {
                 tracing::warn!(error = %e, "audit shipping failed; the local log keeps everything, retrying");
