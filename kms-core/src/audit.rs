@@ -35,7 +35,7 @@ pub const GENESIS_PREV: &str = "000000000000000000000000000000000000000000000000
 ///
 /// The JSON line is `serde_json::to_string(&record)`: fields in the order below, `null` for a
 /// `None`. Readers ignore unknown fields, so fields may be added (at the end) later.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Record {
     /// Sequence number, 1 for the first record of the chain; set by [`Chain::append`].
     pub seq: u64,

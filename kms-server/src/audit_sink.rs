@@ -732,10 +732,7 @@ fn sync_loop(shared: &Shared) {
     let mut st = lock(&shared.sync);
     loop {
         // A broken file is not synced again (see below): nothing to do until it is replaced.
-        let broken = st
-            .file
-            .as_ref()
-            .is_some_and(|(_, g)| st.broken == Some(*g));
+        let broken = st.file.as_ref().is_some_and(|(_, g)| st.broken == Some(*g));
         let dirty = st.written > st.synced && !broken;
         let due = dirty && last_sync.elapsed() >= st.interval;
         if st.waiters.is_empty() && !due {
@@ -1047,13 +1044,14 @@ where
             // its record is queued leaves a "cancelled" record instead.
             let mut cancelled = CancelGuard {
                 sink: sink.clone(),
-                record: Some(Record {
+                armed: true,
+                record: Record {
                     seq: 0,
-                    time: time.clone(),
-                    request_id: request_id.clone(),
+                    time,
+                    request_id,
                     node: String::new(),
-                    principal: principal.clone(),
-                    peer: peer.clone(),
+                    principal,
+                    peer,
                     operation: operation_of(&path),
                     key: None,
                     version: None,
@@ -1062,7 +1060,7 @@ where
                     error: Some("the client cancelled the call".into()),
                     context_hmac: Default::default(),
                     prev: GENESIS_PREV.to_string(),
-                }),
+                },
                 slot: slot.clone(),
             };
             let work = async move {
@@ -1096,24 +1094,14 @@ where
                     tonic::Code::PermissionDenied => "denied",
                     _ => "error",
                 };
-                let record = Record {
-                    seq: 0,
-                    time,
-                    request_id,
-                    node: String::new(),
-                    principal,
-                    peer,
-                    operation: operation_of(&path),
-                    key: detail.as_ref().map(|d| d.key.clone()).or(slot_key),
-                    version: detail.and_then(|d| d.version),
-                    outcome: outcome.into(),
-                    code: code_name(code).into(),
-                    error,
-                    context_hmac,
-                    prev: GENESIS_PREV.to_string(),
-                };
                 // From here the record is on its way (written even if this future is dropped).
-                cancelled.disarm();
+                let mut record = cancelled.take();
+                record.key = detail.as_ref().map(|d| d.key.clone()).or(slot_key);
+                record.version = detail.and_then(|d| d.version);
+                record.outcome = outcome.into();
+                record.code = code_name(code).into();
+                record.error = error;
+                record.context_hmac = context_hmac;
                 let written = sink.write(record, durable).await;
                 if let Err(e) = written {
                     tracing::error!(error = %e, "audit record not written; refusing the response");
@@ -1139,24 +1127,29 @@ where
     }
 }
 
-/// Records a call whose future was dropped before its record was queued (see `call`).
+/// Holds a call's record while the call runs; writes it as cancelled if the call's future is
+/// dropped before the record was taken to be written (see `call`).
 struct CancelGuard {
     sink: Arc<AuditSink>,
-    record: Option<Record>,
+    armed: bool,
+    record: Record,
     slot: AuditSlot,
 }
 
 impl CancelGuard {
-    fn disarm(&mut self) {
-        self.record = None;
+    /// The record, to be completed and written by the caller; disarms the guard.
+    fn take(&mut self) -> Record {
+        self.armed = false;
+        std::mem::take(&mut self.record)
     }
 }
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        let Some(mut record) = self.record.take() else {
+        if !self.armed {
             return;
-        };
+        }
+        let mut record = std::mem::take(&mut self.record);
         record.key = self.slot.take().0;
         if let Err(e) = self.sink.write_now(record) {
             tracing::error!(error = %e, "the record of a cancelled call was not written");
