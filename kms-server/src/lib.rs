@@ -14,6 +14,7 @@ mod authz;
 mod config;
 pub mod dev;
 mod error;
+pub mod harden;
 mod keys_service;
 pub mod keystore;
 pub mod mfa;

@@ -62,6 +62,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    // Before any secret is read or derived.
+    kms_server::harden::apply();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
