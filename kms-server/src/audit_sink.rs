@@ -226,7 +226,6 @@ impl AuditSink {
                 file: Some((file, ino, len)),
                 chain,
                 generation: 0,
-                written: 0,
                 checked: Instant::now(),
                 buf: String::new(),
                 buf_lines: 0,
@@ -268,7 +267,7 @@ impl AuditSink {
             let wait = {
                 self.check_not_stalled()?;
                 let mut w = lock(&self.writer);
-                w.append(&self.shared, Some(record), true)?
+                w.append_durable(&self.shared, Some(record))?
             };
             return self.wait_durable(wait).await;
         }
@@ -316,8 +315,7 @@ impl AuditSink {
         self.check_not_stalled()?;
         let mut w = lock(&self.writer);
         w.push(&self.shared, record)?;
-        w.write_buffered(&self.shared);
-        Ok(())
+        w.write_buffered(&self.shared)
     }
 
     /// Checks that the log is open and writable (reopening it if it was replaced or after a
@@ -333,7 +331,7 @@ impl AuditSink {
     pub async fn flush(&self) -> Result<kms_core::audit::Head, String> {
         let (wait, head) = {
             let mut w = lock(&self.writer);
-            let wait = w.append(&self.shared, None, true)?;
+            let wait = w.append_durable(&self.shared, None)?;
             // The buffer is empty now: the head is the last line written, which `wait`
             // makes durable (a line chained later could still fail or be lost).
             (wait, w.chain.head())
@@ -342,13 +340,7 @@ impl AuditSink {
         Ok(head)
     }
 
-    async fn wait_durable(
-        &self,
-        wait: Option<oneshot::Receiver<Result<(), String>>>,
-    ) -> Result<(), String> {
-        let Some(rx) = wait else {
-            return Ok(());
-        };
+    async fn wait_durable(&self, rx: oneshot::Receiver<Result<(), String>>) -> Result<(), String> {
         self.shared.sync_cv.notify_one();
         match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
             Ok(Ok(r)) => r,
@@ -364,11 +356,6 @@ impl AuditSink {
     /// Whether a call must wait for its record to be fsynced.
     fn durable(&self, path: &str) -> bool {
         self.policy == SyncPolicy::EveryRequest || !DATA_PLANE.contains(&path)
-    }
-
-    /// The head of the chain: the last record written.
-    pub fn head(&self) -> kms_core::audit::Head {
-        lock(&self.writer).chain.head()
     }
 
     /// Seals the current head into storage (`audit/head/<node>`, barrier-encrypted), so a log
@@ -413,7 +400,8 @@ struct FlushOnDrop<'a>(&'a AuditSink);
 
 impl Drop for FlushOnDrop<'_> {
     fn drop(&mut self) {
-        lock(&self.0.writer).write_buffered(&self.0.shared);
+        // A failure reaches the batch's waiters through `Writer::failed`.
+        let _ = lock(&self.0.writer).write_buffered(&self.0.shared);
     }
 }
 
@@ -430,8 +418,6 @@ struct Writer {
     file: Option<(Arc<File>, u64, u64)>,
     chain: Chain,
     generation: u64,
-    /// Lines appended to the current generation.
-    written: u64,
     /// When `ensure_open` last checked the path.
     checked: Instant,
     /// Data-plane lines chained but not yet written, and how many.
@@ -494,7 +480,6 @@ impl Writer {
     /// fsync failed).
     fn new_generation(&mut self, shared: &Shared, file: Arc<File>) {
         self.generation += 1;
-        self.written = 0;
         let mut sync = lock(&shared.sync);
         for (_, _, done) in sync.waiters.drain(..) {
             answer(
@@ -561,14 +546,17 @@ impl Writer {
         shared.progress.send_replace(self.tickets);
     }
 
-    /// Writes the buffered lines in one `write` and tells their waiters.
-    fn write_buffered(&mut self, shared: &Shared) {
+    /// Writes the buffered lines in one `write` and tells their waiters. On failure they
+    /// are refused (see `fail_buffered`) and the error is returned.
+    fn write_buffered(&mut self, shared: &Shared) -> Result<(), String> {
         self.flushing = false;
         if self.buf_lines == 0 {
-            return;
+            return Ok(());
         }
         let Some((file, _, len)) = self.file.clone() else {
-            return self.fail_buffered(shared, "audit log is not open");
+            let e = "audit log is not open".to_string();
+            self.fail_buffered(shared, &e);
+            return Err(e);
         };
         if let Err(e) = (&*file).write_all(self.buf.as_bytes()) {
             // The file may now end with a partial line: reopen (and cut it) next time.
@@ -576,26 +564,27 @@ impl Writer {
             shared.healthy.store(false, Ordering::SeqCst);
             let e = format!("cannot write the audit log {}: {e}", self.path.display());
             tracing::error!(error = %e, "audit records not written");
-            return self.fail_buffered(shared, &e);
+            self.fail_buffered(shared, &e);
+            return Err(e);
         }
         shared.healthy.store(true, Ordering::SeqCst);
         let len = len + self.buf.len() as u64;
         if let Some(f) = &mut self.file {
             f.2 = len;
         }
-        self.written += self.buf_lines;
+        let wake = {
+            let mut sync = lock(&shared.sync);
+            sync.written += self.buf_lines;
+            std::mem::take(&mut sync.idle)
+        };
         self.buf.clear();
         self.buf_lines = 0;
         shared.progress.send_replace(self.tickets);
-        let wake = {
-            let mut sync = lock(&shared.sync);
-            sync.written = self.written;
-            std::mem::take(&mut sync.idle)
-        };
         if wake {
             shared.sync_cv.notify_one();
         }
         self.rotate_if_full(shared, &file, len);
+        Ok(())
     }
 
     fn rotate_if_full(&mut self, shared: &Shared, file: &File, len: u64) {
@@ -622,66 +611,25 @@ impl Writer {
         }
     }
 
-    /// Appends `record` (None: nothing, a flush marker), after any buffered lines. Returns
-    /// what to wait on when
-    /// `durable`. The stat that detects a replaced log is done for state changes, after
-    /// failures, and otherwise every [`RECHECK`].
-    fn append(
+    /// Appends `record` (None: nothing, a flush marker) after any buffered lines, writes them
+    /// all now, and returns what to wait on for their fsync. For state changes and flushes:
+    /// the log is checked (one `stat`) every time.
+    fn append_durable(
         &mut self,
         shared: &Shared,
         record: Option<Record>,
-        durable: bool,
-    ) -> Result<Option<oneshot::Receiver<Result<(), String>>>, String> {
-        if durable
-            || self.file.is_none()
-            || !shared.healthy.load(Ordering::Relaxed)
-            || self.checked.elapsed() >= RECHECK
-        {
-            self.ensure_open(shared)?;
+    ) -> Result<oneshot::Receiver<Result<(), String>>, String> {
+        self.ensure_open(shared)?;
+        if let Some(record) = record {
+            self.push(shared, record)?;
         }
-        // Lines buffered before this one go first, so the file keeps chain order.
-        self.write_buffered(shared);
-        let Some((file, _, len)) = self.file.clone() else {
-            return Err("audit log is not open".into());
-        };
-        let mut len = len;
-        if let Some(mut record) = record {
-            record.node.clone_from(&self.node);
-            let mut chain = self.chain.clone();
-            let mut line = chain.append(record);
-            line.push('\n');
-            if let Err(e) = (&*file).write_all(line.as_bytes()) {
-                // The file may now end with a partial line: reopen (and cut it) next time.
-                self.file = None;
-                shared.healthy.store(false, Ordering::SeqCst);
-                let e = format!("cannot write the audit log {}: {e}", self.path.display());
-                tracing::error!(error = %e, "audit record not written");
-                return Err(e);
-            }
-            shared.healthy.store(true, Ordering::SeqCst);
-            self.chain = chain;
-            self.written += 1;
-            len += line.len() as u64;
-            if let Some(f) = &mut self.file {
-                f.2 = len;
-            }
-        }
-        let mut wait = None;
-        let wake = {
-            let mut sync = lock(&shared.sync);
-            sync.written = self.written;
-            if durable {
-                let (tx, rx) = oneshot::channel();
-                sync.waiters.push((self.generation, self.written, tx));
-                wait = Some(rx);
-            }
-            std::mem::take(&mut sync.idle)
-        };
-        if wake {
-            shared.sync_cv.notify_one();
-        }
-        self.rotate_if_full(shared, &file, len);
-        Ok(wait)
+        self.write_buffered(shared)?;
+        let (tx, rx) = oneshot::channel();
+        let mut sync = lock(&shared.sync);
+        // Every line written to this generation so far, this one included.
+        let upto = sync.written;
+        sync.waiters.push((self.generation, upto, tx));
+        Ok(rx)
     }
 
     /// Renames the full log to `<path>.<last seq>` and continues the chain in a new file.
