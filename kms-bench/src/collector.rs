@@ -146,20 +146,9 @@ async fn read_records<R: tokio::io::AsyncRead + Unpin>(stream: R) -> Totals {
 
 /// Runs the collector until SIGINT or SIGTERM, then prints the totals.
 pub async fn run(args: CollectorArgs) -> Result<(), String> {
-    let from_dir = |name: &str, flag: &str| {
-        args.tls_dir
-            .as_ref()
-            .map(|d| d.join(name))
-            .ok_or_else(|| format!("{flag} is not set: pass it, or --tls-dir DIR"))
-    };
-    let cert = args
-        .cert
-        .clone()
-        .map_or_else(|| from_dir("server.pem", "--cert"), Ok)?;
-    let key = args
-        .key
-        .clone()
-        .map_or_else(|| from_dir("server-key.pem", "--key"), Ok)?;
+    let dir = args.tls_dir.as_deref();
+    let cert = crate::tls_file(args.cert.as_deref(), dir, "server.pem", "--cert")?;
+    let key = crate::tls_file(args.key.as_deref(), dir, "server-key.pem", "--key")?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&cert, &key)?));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -68,24 +68,10 @@ impl Echo for EchoService {
 /// The caller runs this on the runtime kms-server's `main` uses (tokio's default multi-thread
 /// runtime), so the comparison with the KMS holds the runtime constant too.
 pub async fn run(args: EchoArgs) -> Result<(), String> {
-    let from_dir = |name: &str, flag: &str| {
-        args.tls_dir
-            .as_ref()
-            .map(|d| d.join(name))
-            .ok_or_else(|| format!("{flag} is not set: pass it, or --tls-dir DIR"))
-    };
-    let cert = args
-        .cert
-        .clone()
-        .map_or_else(|| from_dir("server.pem", "--cert"), Ok)?;
-    let key = args
-        .key
-        .clone()
-        .map_or_else(|| from_dir("server-key.pem", "--key"), Ok)?;
-    let client_ca = args
-        .client_ca
-        .clone()
-        .map_or_else(|| from_dir("ca.pem", "--client-ca"), Ok)?;
+    let dir = args.tls_dir.as_deref();
+    let cert = crate::tls_file(args.cert.as_deref(), dir, "server.pem", "--cert")?;
+    let key = crate::tls_file(args.key.as_deref(), dir, "server-key.pem", "--key")?;
+    let client_ca = crate::tls_file(args.client_ca.as_deref(), dir, "ca.pem", "--client-ca")?;
     let config = tls::server_config(&cert, &key, &client_ca, args.crl.as_deref())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -154,3 +154,18 @@ fn fail(message: &str, code: u8) -> ExitCode {
     eprintln!("kms-bench: {message}");
     ExitCode::from(code)
 }
+
+/// A TLS file given by its flag, or else found as `name` in `--tls-dir` (the layout
+/// `kms-server dev` writes).
+fn tls_file(
+    explicit: Option<&std::path::Path>,
+    tls_dir: Option<&std::path::Path>,
+    name: &str,
+    flag: &str,
+) -> Result<std::path::PathBuf, String> {
+    match (explicit, tls_dir) {
+        (Some(p), _) => Ok(p.to_path_buf()),
+        (None, Some(d)) => Ok(d.join(name)),
+        (None, None) => Err(format!("{flag} is not set: pass it, or --tls-dir DIR")),
+    }
+}

@@ -240,15 +240,19 @@ impl Server {
         self.cli_with_stdin(args, "")
     }
 
-    pub fn cli_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new(bin("kms-cli"))
-            .args(args)
-            .env("KMS_ADDR", &self.addr)
+    /// Connects a kms-cli or kms-bench command as the test client (environment variables).
+    fn client_env<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env("KMS_ADDR", &self.addr)
             .env("KMS_CA_CERT", &self.ca)
             .env("KMS_CLIENT_CERT", &self.client.cert)
             .env("KMS_CLIENT_KEY", &self.client.key)
             .env("KMS_TLS_SERVER_NAME", "localhost")
+    }
+
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .client_env(Command::new(bin("kms-cli")).args(args))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -357,13 +361,7 @@ impl Server {
     /// Runs `kms-bench` against this server, connected like [`Server::cli`] (the test client's
     /// certificate, in the environment); a flag such as `--addr` overrides.
     pub fn bench(&self, args: &[&str]) -> Output {
-        Command::new(bin("kms-bench"))
-            .args(args)
-            .env("KMS_ADDR", &self.addr)
-            .env("KMS_CA_CERT", &self.ca)
-            .env("KMS_CLIENT_CERT", &self.client.cert)
-            .env("KMS_CLIENT_KEY", &self.client.key)
-            .env("KMS_TLS_SERVER_NAME", "localhost")
+        self.client_env(Command::new(bin("kms-bench")).args(args))
             .stdin(Stdio::null())
             .output()
             .unwrap()
