@@ -19,6 +19,14 @@ fn records(inst: &Installation) -> Vec<serde_json::Value> {
         .collect()
 }
 
+async fn create(c: &kms_client::Client, name: impl Into<String>) -> Result<pb::Key, ClientError> {
+    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
+        name: name.into(),
+        ..Default::default()
+    }))
+    .await
+}
+
 fn verify(inst: &Installation) -> std::process::Output {
     std::process::Command::new(bin("kms-cli"))
         .args(["audit", "verify"])
@@ -38,12 +46,7 @@ async fn every_call_is_recorded_and_no_secret_is() {
     let server = start_unsealed(&inst, &mut share).await;
     let c = server.client().await;
     let other = server.client_as(&inst.pki, "other").await;
-    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
-        name: "k".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    create(&c, "k").await.unwrap();
     let secret = b"TOP-SECRET-PLAINTEXT-4711".to_vec();
     let ct = c
         .encrypt("k", secret.clone(), HashMap::new())
@@ -173,12 +176,7 @@ async fn unwritable_audit_log_fails_closed() {
     let mut share = None;
     let server = start_unsealed(&inst, &mut share).await;
     let c = server.client().await;
-    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
-        name: "k".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    create(&c, "k").await.unwrap();
     let path = inst.root.path().join("audit.log");
     let saved = inst.root.path().join("audit.saved");
     std::fs::rename(&path, &saved).unwrap();
@@ -196,27 +194,13 @@ async fn unwritable_audit_log_fails_closed() {
         other => panic!("{other}"),
     };
     // A state change is checked before it runs; a data-plane call's result is withheld.
-    refused(
-        c.call(c.key_admin().create_key(pb::CreateKeyRequest {
-            name: "k2".into(),
-            ..Default::default()
-        }))
-        .await
-        .map(drop),
-    );
+    refused(create(&c, "k2").await.map(drop));
     refused(
         c.encrypt("k", b"m".to_vec(), HashMap::new())
             .await
             .map(drop),
     );
-    refused(
-        c.call(c.key_admin().create_key(pb::CreateKeyRequest {
-            name: "k2".into(),
-            ..Default::default()
-        }))
-        .await
-        .map(drop),
-    );
+    refused(create(&c, "k2").await.map(drop));
 
     std::fs::remove_dir(&path).unwrap();
     std::fs::rename(&saved, &path).unwrap();
@@ -245,12 +229,7 @@ async fn acknowledged_calls_are_recorded_when_the_server_is_killed() {
     let mut share = None;
     let server = start_unsealed(&inst, &mut share).await;
     let c = server.client().await;
-    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
-        name: "killed".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    create(&c, "killed").await.unwrap();
     for _ in 0..5 {
         c.encrypt("killed", b"m".to_vec(), HashMap::new())
             .await
@@ -361,12 +340,7 @@ async fn full_disk_under_the_audit_log_fails_closed() {
     let mut share = None;
     let server = start_unsealed(&inst, &mut share).await;
     let c = server.client().await;
-    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
-        name: "before".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    create(&c, "before").await.unwrap();
     // Fill the disk.
     let filler = fs.0.path().join("filler");
     {
@@ -416,12 +390,7 @@ async fn full_disk_under_the_audit_log_fails_closed() {
         .map(drop),
     );
     assert_eq!(s.code(), Code::NotFound, "{}", s.message());
-    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
-        name: "after".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    create(&c, "after").await.unwrap();
     drop(c);
     drop(server);
     let out = std::process::Command::new(bin("kms-cli"))
@@ -444,12 +413,7 @@ async fn concurrent_calls_keep_the_chain_whole() {
     let mut share = None;
     let server = start_unsealed(&inst, &mut share).await;
     let c = server.client().await;
-    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
-        name: "k".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    create(&c, "k").await.unwrap();
     let before = records(&inst).len();
     let calls = (0..64).map(|i| {
         let c = c.clone();
@@ -532,12 +496,7 @@ async fn context_values_are_recorded_as_searchable_hmacs() {
     let mut share = None;
     let server = start_unsealed(&inst, &mut share).await;
     let c = server.client().await;
-    c.call(c.key_admin().create_key(pb::CreateKeyRequest {
-        name: "k".into(),
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    create(&c, "k").await.unwrap();
     let value = "tenant-value-9f3e2a";
     let ctx: HashMap<String, String> = [("tenant".to_string(), value.to_string())].into();
     c.encrypt("k", b"m".to_vec(), ctx).await.unwrap();
