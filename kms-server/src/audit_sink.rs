@@ -86,7 +86,7 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const RECHECK: Duration = Duration::from_millis(100);
 
 /// When a record must be durable (fsynced) before its response leaves (`[audit] sync`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum SyncPolicy {
     /// Calls that change state (and every call of the operator, policy, MFA and audit

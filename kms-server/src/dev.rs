@@ -36,16 +36,6 @@ pub struct Options {
     pub ship_to: Option<String>,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            audit: true,
-            audit_sync: Default::default(),
-            ship_to: None,
-        }
-    }
-}
-
 /// Starts dev mode in `data_dir` on `listen` and serves until SIGINT/SIGTERM.
 ///
 /// First run: generates a dev CA, a server certificate (localhost, 127.0.0.1), a default client

@@ -44,8 +44,8 @@ enum Command {
         no_audit: bool,
         /// Which calls wait for their audit record to be fsynced (see `[audit] sync` in
         /// config.example.toml).
-        #[arg(long, value_name = "POLICY", default_value = "state-changes", value_parser = ["state-changes", "every-request"])]
-        audit_sync: String,
+        #[arg(long, value_name = "POLICY", value_enum, default_value_t)]
+        audit_sync: kms_server::audit_sink::SyncPolicy,
         /// Also ship the audit log to a collector at ADDR (newline-delimited JSON over TLS;
         /// its certificate must be the dev server certificate, e.g. `kms-bench collector`).
         #[arg(long, value_name = "ADDR")]
@@ -85,11 +85,7 @@ fn main() -> ExitCode {
             }) => {
                 let options = kms_server::dev::Options {
                     audit: !no_audit,
-                    audit_sync: if audit_sync == "every-request" {
-                        kms_server::audit_sink::SyncPolicy::EveryRequest
-                    } else {
-                        kms_server::audit_sink::SyncPolicy::StateChanges
-                    },
+                    audit_sync,
                     ship_to,
                 };
                 kms_server::dev::run(&data_dir, listen, options).await

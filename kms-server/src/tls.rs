@@ -1,7 +1,6 @@
 //! mTLS: TLS 1.3 only, a client certificate from the configured CA required on every
 //! connection, and an accept loop that hands tonic only fully authenticated streams.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -82,8 +81,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 pub struct Peer {
     /// The principal (see [`crate::principal::name_of`]); None if the certificate names none.
     pub principal: Option<Arc<str>>,
-    pub addr: Option<SocketAddr>,
-    /// `addr` as text, formatted once for the audit records.
+    /// The peer's socket address, formatted once (audit records, rate limits).
     pub addr_text: Arc<str>,
 }
 
@@ -180,7 +178,6 @@ pub fn incoming(
                             .map(Arc::from);
                         let peer = Peer {
                             principal,
-                            addr: Some(peer),
                             addr_text: Arc::from(peer.to_string()),
                         };
                         let _ = tx.send(Ok(Conn { stream, peer })).await;
