@@ -109,6 +109,8 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, options: Options) -> Resul
             scheduler_interval_secs: 5,
             ..Default::default()
         },
+        // The production limits, so dev mode behaves as deployed servers do.
+        limits: Default::default(),
     };
     let tls = crate::load_tls(&config)?;
     let sink = crate::open_audit(&config)?;

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use authz::Authz;
-pub use config::{AuditConfig, Config, StorageConfig, TlsConfig};
+pub use config::{AuditConfig, Config, LimitsConfig, StorageConfig, TlsConfig};
 pub use error::KmsError;
 pub use seal::Seal;
 
@@ -129,6 +129,8 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| format!("reflection: {e}"))?;
 
+    let limits = &config.limits;
+    let max_message = limits.max_message_bytes;
     let operator =
         kms_proto::v1::operator_server::OperatorServer::new(service::OperatorService::new(
             seal.clone(),
@@ -136,35 +138,59 @@ pub async fn serve(
             mfa.clone(),
             authz.clone(),
             health,
-        ));
+        ))
+        .max_decoding_message_size(max_message);
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         let _ = stopping_tx.send(());
     };
+    warn_if_few_files(limits.max_connections);
+    // The limits of [limits] (docs/limits.md): each bounds what one client can hold.
     let server = tonic::transport::Server::builder()
+        .timeout(limits.request_timeout())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval()))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
         .layer(audit_sink::AuditLayer::new(sink.clone()))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(health_service.max_decoding_message_size(max_message))
+        .add_service(reflection_v1.max_decoding_message_size(max_message))
+        .add_service(reflection_v1alpha.max_decoding_message_size(max_message))
         .add_service(operator)
-        .add_service(kms_proto::v1::key_admin_server::KeyAdminServer::new(
-            keys_service::KeysService::new(keystore.clone(), authz.clone()),
-        ))
-        .add_service(kms_proto::v1::audit_server::AuditServer::new(
-            audit_sink::AuditService::new(sink.clone(), seal.clone(), authz.clone()),
-        ))
-        .add_service(kms_proto::v1::mfa_server::MfaServer::new(
-            mfa::MfaService::new(mfa.clone()),
-        ))
-        .add_service(kms_proto::v1::policy_server::PolicyServer::new(
-            authz::PolicyService::new(authz.clone()),
-        ))
-        .add_service(kms_proto::v1::crypto_server::CryptoServer::new(
-            keys_service::KeysService::new(keystore.clone(), authz.clone()),
-        ))
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), signal);
+        .add_service(
+            kms_proto::v1::key_admin_server::KeyAdminServer::new(keys_service::KeysService::new(
+                keystore.clone(),
+                authz.clone(),
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            kms_proto::v1::audit_server::AuditServer::new(audit_sink::AuditService::new(
+                sink.clone(),
+                seal.clone(),
+                authz.clone(),
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            kms_proto::v1::mfa_server::MfaServer::new(mfa::MfaService::new(mfa.clone()))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            kms_proto::v1::policy_server::PolicyServer::new(authz::PolicyService::new(
+                authz.clone(),
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            kms_proto::v1::crypto_server::CryptoServer::new(keys_service::KeysService::new(
+                keystore.clone(),
+                authz.clone(),
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .serve_with_incoming_shutdown(tls::incoming_with(listener, tls, limits), signal);
     let grace = async {
         match stopping_rx.await {
             Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
@@ -233,6 +259,25 @@ async fn run_scheduler(keystore: Arc<keystore::Keystore>, interval: std::time::D
         if let Err(e) = keystore.run_scheduled(keystore::now_unix()).await {
             tracing::warn!(error = %e, "scheduler run failed");
         }
+    }
+}
+
+/// Warns when `max_connections` open sockets could exhaust the process's open-file limit
+/// (then accept fails before the limit is reached, and storage or the audit log may fail to
+/// open a file).
+fn warn_if_few_files(max_connections: usize) {
+    // Files the server keeps open besides its connections: storage, audit log, stdio.
+    const RESERVED: u64 = 64;
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    if let Some(soft) = soft
+        && soft < max_connections as u64 + RESERVED
+    {
+        tracing::warn!(
+            max_connections,
+            open_files_limit = soft,
+            "[limits] max_connections is close to or above the open-file limit (ulimit -n): \
+             raise the limit or lower max_connections"
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! mTLS: TLS 1.3 only, a client certificate from the configured CA required on every
 //! connection, and an accept loop that hands tonic only fully authenticated streams.
 
+use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,13 +14,16 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// A client that has not finished its handshake by then is dropped, so silent peers cannot
-/// hold sockets open for ever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::config::LimitsConfig;
+
+/// At most one "connection limit reached" warning per this period, so a flood of refused
+/// connections cannot flood the log too.
+const LIMIT_WARNING_PERIOD: Duration = Duration::from_secs(10);
 
 /// Builds the rustls server configuration: TLS 1.3, ring provider, client auth required.
 pub fn server_config(
@@ -86,9 +90,35 @@ pub struct Peer {
 }
 
 /// A verified mTLS connection and its [`Peer`].
+///
+/// It holds one of the `max_connections` slots until it is dropped, and fails its next read
+/// once nothing has been read from the peer for the idle timeout.
 pub struct Conn {
     stream: TlsStream<TcpStream>,
     peer: Peer,
+    _slot: OwnedSemaphorePermit,
+    idle_timeout: Duration,
+    last_read: Instant,
+    /// Fires at `last_read + idle_timeout` or later; moved forward lazily, when it fires, so
+    /// a read costs a clock read rather than a timer update.
+    idle: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    /// Returns true once the peer has sent nothing for the idle timeout; otherwise arms the
+    /// timer (with `cx`) for the current deadline.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.idle.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let deadline = self.last_read + self.idle_timeout;
+            if deadline <= Instant::now() {
+                return true;
+            }
+            self.idle.as_mut().reset(deadline);
+        }
+    }
 }
 
 impl tonic::transport::server::Connected for Conn {
@@ -105,7 +135,25 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.last_read = Instant::now();
+                }
+                Poll::Ready(Ok(()))
+            }
+            // hyper always has a read pending on a live connection, so this is where silence
+            // is noticed; the error makes hyper drop the connection.
+            Poll::Pending if self.idle_expired(cx) => {
+                tracing::info!(peer = %self.peer.addr_text, "idle connection closed");
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection idle",
+                )))
+            }
+            other => other,
+        }
     }
 }
 
@@ -141,14 +189,34 @@ impl AsyncWrite for Conn {
 
 /// Accepts TCP connections, runs each TLS handshake in its own task (a slow client does not
 /// block others) and yields only the streams whose handshake, including client certificate
-/// verification, succeeded.
+/// verification, succeeded. With the default [`LimitsConfig`]; see [`incoming_with`].
 pub fn incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<Conn, std::io::Error>> {
+    incoming_with(listener, config, &LimitsConfig::default())
+}
+
+/// Like [`incoming`], with the connection limits of `limits`:
+/// - at most `max_connections` connections at once, handshakes included; a connection beyond
+///   that is closed as soon as it is accepted (the client fails fast and may retry) and a
+///   warning is logged at most every 10 s with the number refused;
+/// - a handshake not done within `handshake_timeout_secs` is dropped;
+/// - an established connection silent for `idle_timeout_secs` is closed (see [`Conn`]).
+pub fn incoming_with(
+    listener: TcpListener,
+    config: rustls::ServerConfig,
+    limits: &LimitsConfig,
+) -> tokio_stream::wrappers::ReceiverStream<Result<Conn, std::io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let max_connections = limits.max_connections;
+    let handshake_timeout = limits.handshake_timeout();
+    let idle_timeout = limits.idle_timeout();
     tokio::spawn(async move {
+        let mut refused: u64 = 0;
+        let mut last_warning: Option<Instant> = None;
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(c) => c,
@@ -159,15 +227,31 @@ pub fn incoming(
                     continue;
                 }
             };
-            // tonic ignores its own nodelay setting with serve_with_incoming.
-            let _ = tcp.set_nodelay(true);
             if tx.is_closed() {
                 break;
             }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Closed rather than queued: a queued client would wait with no sign of why,
+                // and the backlog would keep growing under a flood.
+                refused += 1;
+                if last_warning.is_none_or(|t| t.elapsed() >= LIMIT_WARNING_PERIOD) {
+                    tracing::warn!(
+                        max_connections,
+                        refused,
+                        "connection limit reached: new connections are closed ([limits] max_connections)"
+                    );
+                    last_warning = Some(Instant::now());
+                    refused = 0;
+                }
+                drop(tcp);
+                continue;
+            };
+            // tonic ignores its own nodelay setting with serve_with_incoming.
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let principal = stream
                             .get_ref()
@@ -180,7 +264,16 @@ pub fn incoming(
                             principal,
                             addr_text: Arc::from(peer.to_string()),
                         };
-                        let _ = tx.send(Ok(Conn { stream, peer })).await;
+                        let now = Instant::now();
+                        let conn = Conn {
+                            stream,
+                            peer,
+                            _slot: slot,
+                            idle_timeout,
+                            last_read: now,
+                            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+                        };
+                        let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
