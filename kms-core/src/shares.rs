@@ -161,6 +161,11 @@ impl Commitments {
                 if bool::from(point.is_identity()) {
                     return Err(bad("malformed commitments: identity point"));
                 }
+                // Only the compressed form `to_bytes` writes (tag 2 or 3): the decoder also
+                // takes SEC1's 33-byte compact form (tag 5), a second encoding of the point.
+                if point.to_bytes() != repr {
+                    return Err(bad("malformed commitments: not a compressed point"));
+                }
                 Ok(point)
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -896,6 +901,11 @@ mod tests {
         let mut bad_tag = bytes.clone();
         bad_tag[6] = 0x04;
         assert!(Commitments::from_bytes(&bad_tag).is_err());
+        // SEC1's compact tag over the same x: a valid point, but not the canonical encoding
+        // (found by the `shares` fuzz target).
+        let mut compact = bytes.clone();
+        compact[6] = 0x05;
+        assert!(Commitments::from_bytes(&compact).is_err());
         let mut off_curve = bytes.clone();
         off_curve[6 + 1..6 + 33].fill(0xff);
         assert!(Commitments::from_bytes(&off_curve).is_err());
