@@ -1,14 +1,17 @@
-//! `kms-cli operator …`: initialise, unseal, seal, status, rekey and barrier rotation.
+//! `kms-cli operator …`: initialise, unseal, seal, status, rekey, barrier rotation, and
+//! backups (taken from the server, verified offline).
 
-use std::io::{BufRead, IsTerminal, Write};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, IsTerminal, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
 use kms_client::proto::StatusResponse;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::output::Format;
+use crate::output::{self, Format, TempOutput};
 use crate::{Conn, Failure};
 
 #[derive(Subcommand)]
@@ -75,10 +78,36 @@ pub(crate) enum Operator {
     /// Add a new barrier-key term; records under older terms stay readable.
     #[command(after_help = "Example:\n  kms-cli operator rotate-barrier")]
     RotateBarrier,
+    /// Write a backup of the whole store to a file: a consistent snapshot, taken while the
+    /// server keeps serving, every record still sealed under the barrier.
+    #[command(
+        after_help = "Example:\n  kms-cli operator backup --out kms-$(date +%F).backup\n\n\
+        Needs the `backup` grant and the KMS unsealed. The file appears only once it is whole \
+        and its checksum verified. Restore it offline with \
+        `kms-server restore --config CONFIG --from FILE` into an empty storage folder; the \
+        restored KMS unseals with the shares of this one. Format: docs/backup-format.md."
+    )]
+    Backup {
+        /// The backup file to write (replaced if it exists, mode 0600).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Check a backup file offline (no connection): format, every record, checksum, end.
+    #[command(after_help = "Example:\n  kms-cli operator verify-backup kms-2026-12-01.backup")]
+    VerifyBackup {
+        /// The backup file to check.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// Runs one operator command: shares and officer keys are checked before connecting.
 pub(crate) async fn run(op: Operator, conn: &Conn, fmt: Format) -> Result<(), Failure> {
+    match op {
+        Operator::Backup { out } => return backup(conn, &out, fmt).await,
+        Operator::VerifyBackup { file } => return verify_backup(&file, fmt),
+        _ => {}
+    }
     // Check local input before connecting, so a typo costs no round trip.
     let local_share = match &op {
         Operator::Unseal {
@@ -164,6 +193,9 @@ pub(crate) async fn run(op: Operator, conn: &Conn, fmt: Format) -> Result<(), Fa
                 "rekeyed",
             )?;
         }
+        Operator::Backup { .. } | Operator::VerifyBackup { .. } => {
+            unreachable!("handled before connecting")
+        }
         Operator::RotateBarrier => {
             let r = client.rotate_barrier().await?;
             match fmt {
@@ -176,6 +208,141 @@ pub(crate) async fn run(op: Operator, conn: &Conn, fmt: Format) -> Result<(), Fa
         }
     }
     Ok(())
+}
+
+/// `operator backup`: streams the backup into a temporary file beside `out` (0600), reads it
+/// back and verifies it whole (format, record count, checksum), then syncs and renames it to
+/// `out`. On any failure the temporary file is removed and `out` is left as it was.
+///
+/// Exit codes: 1 if the server refused or sent a backup that does not verify, 2 if `out`
+/// cannot be written, 3 if it cannot connect.
+async fn backup(conn: &Conn, out: &Path, fmt: Format) -> Result<(), Failure> {
+    // Before connecting: an unwritable folder costs no backup.
+    let mut tmp = TempOutput::beside(out)?;
+    let client = crate::connect(conn).await?;
+    let started = Instant::now();
+    let mut stream = client.backup().await?;
+    let bar = progress();
+    let write_err =
+        |e: std::io::Error| Failure::usage(format!("cannot write {}: {e}", out.display()));
+    let (mut total, mut bytes) = (None, 0u64);
+    let streamed = async {
+        while let Some(chunk) = client.next_backup_chunk(&mut stream).await? {
+            if total.is_none() {
+                bar.set_length(chunk.records_total);
+            }
+            total = Some(chunk.records_total);
+            tmp.file().write_all(&chunk.data).map_err(write_err)?;
+            bytes += chunk.data.len() as u64;
+            bar.set_position(chunk.records_sent);
+        }
+        Ok::<(), Failure>(())
+    }
+    .await;
+    bar.finish_and_clear();
+    streamed?;
+    // Read back what reached the file, not what went through memory.
+    let file = tmp.file();
+    file.flush().map_err(write_err)?;
+    file.seek(SeekFrom::Start(0)).map_err(write_err)?;
+    let (header, sum) =
+        kms_core::backup::verify(BufReader::new(&mut *file), |_| {}).map_err(|e| {
+            Failure::server(format!(
+                "the backup received does not verify: {e}; {} was not written",
+                out.display()
+            ))
+        })?;
+    if total.is_some_and(|t| t != header.records) {
+        return Err(Failure::server(format!(
+            "the server announced {} records but the file holds {}; {} was not written",
+            total.unwrap_or_default(),
+            header.records,
+            out.display()
+        )));
+    }
+    tmp.commit()?;
+    backup_report(
+        fmt,
+        "backup written",
+        out,
+        &header,
+        &sum,
+        Some((bytes, started)),
+    )
+}
+
+/// `operator verify-backup`: reads the whole file; exit 2 if it is not a whole, intact backup.
+fn verify_backup(file: &Path, fmt: Format) -> Result<(), Failure> {
+    let f = std::fs::File::open(file)
+        .map_err(|e| Failure::usage(format!("cannot open {}: {e}", file.display())))?;
+    let bar = progress();
+    let mut reader = kms_core::backup::Reader::open(BufReader::new(f))
+        .map_err(|e| Failure::usage(format!("{} is not a usable backup: {e}", file.display())))?;
+    bar.set_length(reader.header().records);
+    let checked = (|| {
+        let mut n = 0;
+        while reader.next_record()?.is_some() {
+            n += 1;
+            bar.set_position(n);
+        }
+        let header = reader.header().clone();
+        Ok::<_, kms_core::backup::BackupError>((header, reader.finish()?))
+    })();
+    bar.finish_and_clear();
+    let (header, sum) = checked
+        .map_err(|e| Failure::usage(format!("{} is not a usable backup: {e}", file.display())))?;
+    backup_report(fmt, "backup verified", file, &header, &sum, None)
+}
+
+/// A record-count progress bar on stderr, only when it is a terminal.
+fn progress() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(0).with_message("backup");
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} records eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn backup_report(
+    fmt: Format,
+    what: &str,
+    file: &Path,
+    header: &kms_core::backup::Header,
+    sum: &[u8],
+    transfer: Option<(u64, Instant)>,
+) -> Result<(), Failure> {
+    let created = output::iso8601(i64::try_from(header.created_unix).unwrap_or(i64::MAX));
+    match fmt {
+        Format::Json => output::json(&json!({
+            "file": file.display().to_string(),
+            "records": header.records,
+            "created": created,
+            "server_version": header.server_version,
+            "sha256": hex::encode(sum),
+            "bytes": transfer.map(|(b, _)| b),
+        })),
+        Format::Human => {
+            let mut text = format!(
+                "{what}: {} ({} records, taken {created} by kms-server {}, sha256 {})",
+                file.display(),
+                header.records,
+                header.server_version,
+                hex::encode(sum)
+            );
+            if let Some((b, started)) = transfer {
+                text.push_str(&format!(
+                    "\n{b} bytes in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            output::print(&format!("{text}\n"))
+        }
+    }
 }
 
 fn officer_recipients(

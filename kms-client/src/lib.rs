@@ -23,9 +23,9 @@ use kms_proto::v1::crypto_client::CryptoClient;
 use kms_proto::v1::key_admin_client::KeyAdminClient;
 use kms_proto::v1::operator_client::OperatorClient;
 use kms_proto::v1::{
-    InitRequest, InitResponse, RekeyRequest, RekeyResponse, RotateBarrierRequest,
-    RotateBarrierResponse, SealRequest, StatusRequest, StatusResponse, UnsealRequest,
-    unseal_request,
+    BackupChunk, BackupRequest, InitRequest, InitResponse, RekeyRequest, RekeyResponse,
+    RotateBarrierRequest, RotateBarrierResponse, SealRequest, StatusRequest, StatusResponse,
+    UnsealRequest, unseal_request,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -364,6 +364,26 @@ impl Client {
             .await
             .map_err(|e| self.rpc_error(e))?
             .into_inner())
+    }
+
+    /// Starts a backup: the server's refusal (not allowed, sealed) comes back here; the
+    /// stream then yields the file's bytes in order (`docs/backup-format.md`). Read it with
+    /// [`Client::next_backup_chunk`].
+    pub async fn backup(&self) -> Result<tonic::Streaming<BackupChunk>, ClientError> {
+        Ok(self
+            .operator()
+            .backup(BackupRequest {})
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .into_inner())
+    }
+
+    /// The next chunk of a backup stream, `None` at its end; errors mapped like every call.
+    pub async fn next_backup_chunk(
+        &self,
+        stream: &mut tonic::Streaming<BackupChunk>,
+    ) -> Result<Option<BackupChunk>, ClientError> {
+        stream.message().await.map_err(|e| self.rpc_error(e))
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! The public interface is:
 //! - [`audit`]: the hash-chained audit log format (records, chain writer, offline verify).
+//! - [`backup`]: the backup file format (every stored record, still sealed, with a checksum).
 //! - [`Secret32`]: 32 secret bytes, zeroized on drop, never printed.
 //! - [`barrier`]: the keyring of barrier keys and the sealing of every stored record.
 //! - [`ciphertext`]: the data-plane ciphertext format (v1), encryption context, seal and open.
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod backup;
 pub mod barrier;
 pub mod ciphertext;
 pub mod key;

@@ -83,6 +83,7 @@ pub enum Operation {
     Seal,
     Rekey,
     RotateBarrier,
+    Backup,
     PolicyRead,
     PolicyReload,
     AuditRead,
@@ -90,7 +91,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 21] = [
+    pub const ALL: [Operation; 22] = [
         Self::Encrypt,
         Self::Decrypt,
         Self::Reencrypt,
@@ -109,6 +110,7 @@ impl Operation {
         Self::Seal,
         Self::Rekey,
         Self::RotateBarrier,
+        Self::Backup,
         Self::PolicyRead,
         Self::PolicyReload,
         Self::AuditRead,
@@ -135,6 +137,7 @@ impl Operation {
             Self::Seal => "seal",
             Self::Rekey => "rekey",
             Self::RotateBarrier => "rotate-barrier",
+            Self::Backup => "backup",
             Self::PolicyRead => "policy-read",
             Self::PolicyReload => "policy-reload",
             Self::AuditRead => "audit-read",
@@ -151,6 +154,7 @@ impl Operation {
                 | Self::Seal
                 | Self::Rekey
                 | Self::RotateBarrier
+                | Self::Backup
                 | Self::PolicyRead
                 | Self::PolicyReload
                 | Self::AuditRead
@@ -1041,6 +1045,7 @@ mod tests {
             (admin, "decrypt", Some("app/orders"), false),
             (admin, "generate-data-key", Some("app/orders"), false),
             (admin, "seal", None, false),
+            (admin, "backup", None, false),
             (admin, "audit-read", None, false),
             (admin, "policy-reload", None, false),
             (service, "encrypt", Some("app/orders"), true),
@@ -1066,6 +1071,7 @@ mod tests {
             (officer, "seal", None, true),
             (officer, "rekey", None, true),
             (officer, "rotate-barrier", None, true),
+            (officer, "backup", None, true),
             (officer, "encrypt", Some("app/orders"), false),
             (officer, "create", Some("app/orders"), false),
             (officer, "list", None, false),

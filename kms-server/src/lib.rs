@@ -11,6 +11,7 @@
 pub mod audit_ship;
 pub mod audit_sink;
 mod authz;
+pub mod backup;
 mod config;
 pub mod dev;
 mod error;

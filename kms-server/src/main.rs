@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 #[command(
     args_conflicts_with_subcommands = true,
     version,
-    after_help = "Examples:\n  kms-server --config /etc/kms/config.toml\n  kms-server dev\n  kms-server dev --data-dir /tmp/kms --listen 127.0.0.1:0"
+    after_help = "Examples:\n  kms-server --config /etc/kms/config.toml\n  kms-server dev\n  kms-server dev --data-dir /tmp/kms --listen 127.0.0.1:0\n  kms-server restore --config /etc/kms/config.toml --from kms.backup"
 )]
 struct Args {
     /// Configuration file (TOML); see kms-server/config.example.toml.
@@ -50,6 +50,23 @@ enum Command {
         /// its certificate must be the dev server certificate, e.g. `kms-bench collector`).
         #[arg(long, value_name = "ADDR")]
         ship_to: Option<String>,
+    },
+    /// Restore a backup (`kms-cli operator backup`) into the empty storage of a config.
+    ///
+    /// Offline: run it while no server uses that storage. It refuses a storage folder that is
+    /// not empty, and a file that is not a whole, intact backup (magic, version, checksum,
+    /// truncation, trailing bytes); in both cases it writes nothing. Then start the server as
+    /// usual: it starts sealed and unseals with the shares of the backed-up KMS.
+    #[command(
+        after_help = "Example:\n  kms-server restore --config /etc/kms/config.toml --from kms-2026-12-01.backup\n  kms-server --config /etc/kms/config.toml   # then unseal with the same shares"
+    )]
+    Restore {
+        /// Configuration file (TOML) whose [storage] receives the backup.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
     },
 }
 
@@ -89,6 +106,20 @@ fn main() -> ExitCode {
                     ship_to,
                 };
                 kms_server::dev::run(&data_dir, listen, options).await
+            }
+            Some(Command::Restore { config, from }) => {
+                let done = kms_server::backup::restore(&config, &from).await?;
+                println!(
+                    "restored {} records into {} (backup of {}, taken at unix time {} by kms-server {}; sha256 {})",
+                    done.records,
+                    done.storage.display(),
+                    from.display(),
+                    done.created_unix,
+                    done.server_version,
+                    hex::encode(done.checksum)
+                );
+                println!("start the server and unseal it with the shares of the backed-up KMS");
+                Ok(())
             }
             None => {
                 let path = args.config.ok_or(

@@ -312,7 +312,7 @@ effect = "allow"
 principals = ["spiffe://kms.test/operator"]
 operations = ["encrypt", "decrypt", "reencrypt", "generate-data-key", "generate-random",
   "create", "read", "list", "rotate", "configure", "disable", "enable", "revoke",
-  "schedule-deletion", "cancel-deletion", "seal", "rekey", "rotate-barrier",
+  "schedule-deletion", "cancel-deletion", "seal", "rekey", "rotate-barrier", "backup",
   "policy-read", "policy-reload", "audit-read"]
 keys = ["**"]
 "#;

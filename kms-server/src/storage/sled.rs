@@ -12,6 +12,10 @@
 //! After a failed sync the backend refuses every further write: on Linux a failed fsync may
 //! drop the dirty pages, so a retry that "succeeds" would acknowledge lost data. Restart the
 //! server (sled recovers from its log) once the disk is healthy.
+//!
+//! Snapshots (for backups) are consistent: every write holds a shared gate around its
+//! read-compare-swap, and a snapshot holds the gate exclusively while it copies the records, so
+//! it sees each write wholly or not at all. Neither holds the gate across a sync.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -36,6 +40,10 @@ struct Inner {
     /// Set by the first failed sync; from then on every write is refused.
     failed: std::sync::atomic::AtomicBool,
     dir: PathBuf,
+    /// Shared by writes around their compare-and-swap, exclusive for a snapshot or a restore.
+    /// Writer-preferring (tokio's lock is fair), so a snapshot is not starved by a stream of
+    /// writes.
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl SledBackend {
@@ -62,6 +70,7 @@ impl SledBackend {
                 synced: std::sync::Mutex::new(0),
                 failed: std::sync::atomic::AtomicBool::new(false),
                 dir: dir.to_path_buf(),
+                gate: Arc::new(tokio::sync::RwLock::new(())),
             }),
         })
     }
@@ -74,6 +83,35 @@ impl SledBackend {
         tokio::task::spawn_blocking(move || inner.sync_through(ticket))
             .await
             .map_err(|e| StorageError::Io(format!("sync task failed: {e}")))?
+    }
+
+    /// Writes `records` into this empty store with their versions kept as they are, in one
+    /// atomic batch, and makes them durable. For `kms-server restore` only, never on the
+    /// serving path: it bypasses compare-and-set.
+    ///
+    /// Returns `NotEmpty` (and writes nothing) if the store holds any record.
+    pub async fn restore(&self, records: Vec<(String, Versioned)>) -> Result<(), StorageError> {
+        let gate = self.inner.gate.clone().write_owned().await;
+        self.inner.check_healthy()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _gate = gate;
+            if !inner.db.is_empty() {
+                return Err(StorageError::NotEmpty(format!(
+                    "the store in {} already holds records",
+                    inner.dir.display()
+                )));
+            }
+            let mut batch = sled::Batch::default();
+            for (key, rec) in records {
+                batch.insert(key.as_bytes(), encode(rec.version, &rec.value));
+            }
+            inner.db.apply_batch(batch).map_err(sled_err)?;
+            inner.written.fetch_add(1, Ordering::SeqCst);
+            inner.sync_through(inner.written.load(Ordering::SeqCst))
+        })
+        .await
+        .map_err(|e| StorageError::Io(format!("restore task failed: {e}")))?
     }
 }
 
@@ -153,6 +191,14 @@ fn sled_err(e: sled::Error) -> StorageError {
 }
 
 /// Stored form: version (u64 BE) ‖ value.
+fn encode(version: u64, value: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(8 + value.len());
+    raw.extend_from_slice(&version.to_be_bytes());
+    raw.extend_from_slice(value);
+    raw
+}
+
+/// Inverse of [`encode`].
 fn decode(key: &str, raw: &[u8]) -> Result<Versioned, StorageError> {
     if raw.len() < 8 {
         return Err(StorageError::Corrupt(key.to_string()));
@@ -195,20 +241,19 @@ impl Backend for SledBackend {
 
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<u64, StorageError> {
         self.inner.check_healthy()?;
+        let gate = self.inner.gate.read().await;
         let old_raw = self.inner.db.get(key.as_bytes()).map_err(sled_err)?;
         let current = old_raw.as_deref().map(|r| decode(key, r)).transpose()?;
         check(key, expect, current.as_ref())?;
         let version = current.as_ref().map(|c| c.version).unwrap_or(0) + 1;
-        let mut raw = Vec::with_capacity(8 + value.len());
-        raw.extend_from_slice(&version.to_be_bytes());
-        raw.extend_from_slice(&value);
         // Compare-and-swap on the exact bytes read, so a concurrent writer between our read
         // and our write is detected rather than overwritten.
         let swapped = self
             .inner
             .db
-            .compare_and_swap(key.as_bytes(), old_raw, Some(raw))
+            .compare_and_swap(key.as_bytes(), old_raw, Some(encode(version, &value)))
             .map_err(sled_err)?;
+        drop(gate);
         if swapped.is_err() {
             let now = self.get(key).await?;
             return Err(StorageError::Conflict {
@@ -224,6 +269,7 @@ impl Backend for SledBackend {
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<(), StorageError> {
         self.inner.check_healthy()?;
+        let gate = self.inner.gate.read().await;
         let old_raw = self.inner.db.get(key.as_bytes()).map_err(sled_err)?;
         let current = old_raw.as_deref().map(|r| decode(key, r)).transpose()?;
         check(key, expect, current.as_ref())?;
@@ -235,6 +281,7 @@ impl Backend for SledBackend {
             .db
             .compare_and_swap(key.as_bytes(), old_raw, None as Option<&[u8]>)
             .map_err(sled_err)?;
+        drop(gate);
         if swapped.is_err() {
             return Err(StorageError::Conflict {
                 key: key.to_string(),
@@ -253,6 +300,26 @@ impl Backend for SledBackend {
             out.push(String::from_utf8_lossy(&k).into_owned());
         }
         Ok(out)
+    }
+
+    async fn snapshot(&self) -> Result<Vec<(String, Versioned)>, StorageError> {
+        // Exclusive: no write is between its read and its swap while the records are copied.
+        let gate = self.inner.gate.clone().write_owned().await;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let _gate = gate;
+            let mut out = Vec::new();
+            for item in inner.db.iter() {
+                let (k, raw) = item.map_err(sled_err)?;
+                let key = String::from_utf8(k.to_vec())
+                    .map_err(|_| StorageError::Corrupt(String::from_utf8_lossy(&k).into_owned()))?;
+                let rec = decode(&key, &raw)?;
+                out.push((key, rec));
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StorageError::Io(format!("snapshot task failed: {e}")))?
     }
 
     fn name(&self) -> &'static str {
@@ -301,5 +368,122 @@ mod tests {
         }
         let b = SledBackend::open(dir.path()).unwrap();
         assert_eq!(b.get("k").await.unwrap().unwrap().value, b"v");
+    }
+
+    /// `restore` keeps versions, so compare-and-set goes on from where the backup left off;
+    /// a snapshot returns exactly what was restored; a second restore is refused.
+    #[tokio::test]
+    async fn restore_keeps_versions_and_refuses_a_non_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = SledBackend::open(dir.path()).unwrap();
+        let records = vec![
+            (
+                "a".to_string(),
+                Versioned {
+                    version: 7,
+                    value: b"x".to_vec(),
+                },
+            ),
+            (
+                "b/c".to_string(),
+                Versioned {
+                    version: 1,
+                    value: Vec::new(),
+                },
+            ),
+        ];
+        b.restore(records.clone()).await.unwrap();
+        assert_eq!(b.snapshot().await.unwrap(), records);
+        assert_eq!(
+            b.put("a", b"y".to_vec(), Expect::Version(7)).await.unwrap(),
+            8
+        );
+        let e = b.restore(records).await.unwrap_err();
+        assert!(matches!(e, StorageError::NotEmpty(_)), "{e}");
+        assert_eq!(b.get("a").await.unwrap().unwrap().version, 8);
+        drop(b);
+        // Durable: the restored records survive a reopen.
+        let b = SledBackend::open(dir.path()).unwrap();
+        assert_eq!(b.get("b/c").await.unwrap().unwrap().version, 1);
+    }
+
+    /// A snapshot taken while writers run sees one instant. Each writer owns a pair of keys
+    /// that sort far apart (`a/..` and `z/..`, with 20,000 records between them, so copying
+    /// takes a while) and writes `z` before `a` every round: at any instant `z` is at the same
+    /// version as `a` or one ahead. A copy that let writes through would read `a` early and `z`
+    /// late, after `a` and `z` had both moved on, and see `z` two or more ahead.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn snapshot_during_writes_is_one_instant() {
+        const WRITERS: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let b = SledBackend::open(dir.path()).unwrap();
+        let mut initial: Vec<(String, Versioned)> = (0..20_000)
+            .map(|i| {
+                let v = Versioned {
+                    version: 1,
+                    value: vec![0; 64],
+                };
+                (format!("m/{i:05}"), v)
+            })
+            .collect();
+        for w in 0..WRITERS {
+            for side in ["a", "z"] {
+                let v = Versioned {
+                    version: 1,
+                    value: Vec::new(),
+                };
+                initial.push((format!("{side}/{w}"), v));
+            }
+        }
+        initial.sort_by(|x, y| x.0.cmp(&y.0));
+        b.restore(initial).await.unwrap();
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let (b, stop) = (b.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    b.put(&format!("z/{w}"), Vec::new(), Expect::Any)
+                        .await
+                        .unwrap();
+                    b.put(&format!("a/{w}"), Vec::new(), Expect::Any)
+                        .await
+                        .unwrap();
+                    rounds += 1;
+                }
+                rounds
+            }));
+        }
+        let mut moved = 0;
+        for _ in 0..40 {
+            let snap: std::collections::HashMap<String, u64> = b
+                .snapshot()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k, v.version))
+                .collect();
+            assert_eq!(snap.len(), 20_000 + 2 * WRITERS);
+            for w in 0..WRITERS {
+                let (a, z) = (snap[&format!("a/{w}")], snap[&format!("z/{w}")]);
+                assert!(
+                    z == a || z == a + 1,
+                    "writer {w}: a at version {a}, z at {z}: not one instant"
+                );
+                moved = moved.max(a);
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let mut rounds = 0;
+        for w in writers {
+            rounds += w.await.unwrap();
+        }
+        // The writers really ran during the snapshots.
+        assert!(
+            rounds > 0 && moved > 1,
+            "rounds {rounds}, highest version seen {moved}"
+        );
     }
 }
