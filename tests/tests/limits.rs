@@ -475,6 +475,41 @@ async fn silent_tcp_clients_are_dropped_and_do_not_block_others() {
     }
 }
 
+/// A slow client that trickles its TLS handshake (one byte every 100 ms, never completing it)
+/// is disconnected at `handshake_timeout_secs` all the same: the timeout bounds the whole
+/// handshake, not the gap between bytes.
+#[tokio::test]
+async fn a_client_trickling_its_handshake_is_disconnected() {
+    let (inst, server) = unsealed("[limits]\nhandshake_timeout_secs = 1\n").await;
+    let (mut rx, mut tx) = TcpStream::connect(addr(&server))
+        .await
+        .unwrap()
+        .into_split();
+    // A handshake record header announcing 512 bytes, then the body, slowly.
+    let trickle = tokio::spawn(async move {
+        if tx.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.is_err() {
+            return;
+        }
+        let mut interval = tokio::time::interval(Duration::from_millis(100));
+        for _ in 0..511 {
+            interval.tick().await;
+            if tx.write_all(&[0x01]).await.is_err() {
+                return;
+            }
+        }
+    });
+    assert!(
+        closed_within(&mut rx, EVENT_BOUND).await,
+        "the trickling client is still connected"
+    );
+    trickle.abort();
+    assert!(
+        server_log(&inst).contains("TLS handshake timed out"),
+        "{}",
+        server_log(&inst)
+    );
+}
+
 /// A client that completes the TLS handshake and then sends nothing (not even the HTTP/2
 /// preface, so no ping can reach it) is disconnected after `idle_timeout_secs`.
 #[tokio::test]
