@@ -33,6 +33,10 @@ pub enum KmsError {
     Storage(#[from] StorageError),
     #[error("audit unavailable: {0}")]
     AuditUnavailable(String),
+    /// A stored record failed its integrity check or is missing: that key (or enrolment) is
+    /// unreadable until the data directory is restored. The message names it.
+    #[error("{0}")]
+    DataLoss(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -110,6 +114,7 @@ impl From<KmsError> for tonic::Status {
                 "{msg}; another change happened at the same time: retry"
             )),
             KmsError::Storage(_) | KmsError::AuditUnavailable(_) => tonic::Status::unavailable(msg),
+            KmsError::DataLoss(_) => tonic::Status::data_loss(msg),
             KmsError::Internal(_) => tonic::Status::internal(msg),
         }
     }

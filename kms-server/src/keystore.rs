@@ -14,6 +14,11 @@
 //!   material is dropped from the cache in the same step that erases it from storage.
 //! - Per-version encryption counts are kept in memory and persisted with the key's next
 //!   change, so after a crash they may be low.
+//! - A record that fails its integrity check (or is missing) at load makes only what it holds
+//!   unreadable: a damaged material record makes that key version fail with `DATA_LOSS`, naming
+//!   the key; a damaged metadata record makes ciphertexts of that key id fail with `DATA_LOSS`
+//!   and, since its name is then unknown and names are never reused, refuses every key
+//!   creation. Intact keys are served. Nothing damaged is erased or rewritten.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -64,6 +69,8 @@ struct CachedKey {
     meta: KeyMeta,
     record_version: u64,
     material: BTreeMap<u32, Secret32>,
+    /// Versions whose material record was damaged or missing at load, with why.
+    damaged: BTreeMap<u32, String>,
     /// Encryptions since `meta` was last written, per version (index = version - 1).
     pending_counts: Vec<AtomicU64>,
 }
@@ -77,6 +84,26 @@ struct Cache {
     by_id: RwLock<HashMap<KeyId, Arc<CachedKey>>>,
     /// The audit HMAC key, derived once per unseal; wiped with the cache on seal.
     audit_key: Option<Secret32>,
+    /// Metadata records that could not be read at load (path, why). Their keys' names are
+    /// unknown, so creation is refused while any is listed.
+    damaged_meta: Vec<(String, String)>,
+    /// The key ids of those records, where the path names one.
+    damaged_ids: HashMap<KeyId, String>,
+}
+
+impl Cache {
+    /// The error for a key whose record is damaged, or for a name that may be one of them.
+    fn damaged_note(&self) -> String {
+        if self.damaged_meta.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} key record(s) are damaged and unreadable; it may be one of them: restore \
+                 the data directory from backup)",
+                self.damaged_meta.len()
+            )
+        }
+    }
 }
 
 pub struct Keystore {
@@ -189,14 +216,16 @@ impl Keystore {
         *guard = None;
     }
 
-    /// Loads every key from storage into the cache. Called after unseal. Any record that fails
-    /// to open or parse makes the load fail: the KMS does not serve a partial key set silently.
+    /// Loads every key from storage into the cache. Called after unseal. A record that fails to
+    /// open or parse does not stop the load: its key (or key version) is marked damaged, logged
+    /// as an error, and every use of it fails with `DATA_LOSS` naming it (see the module doc).
+    /// Listing or reading storage failing as a whole still fails the load.
     pub async fn load(&self) -> Result<usize, KmsError> {
         let _w = self.writer.write().await;
         let epoch = self.epoch.load(Ordering::SeqCst);
         let keyring = self.seal.keyring().await?;
         let backend = self.seal.backend();
-        let cache = Cache {
+        let mut cache = Cache {
             audit_key: Some(keyring.derive_stable(b"kms audit hmac v1")),
             ..Cache::default()
         };
@@ -205,44 +234,65 @@ impl Keystore {
             if !path.ends_with("/meta") {
                 continue;
             }
-            let rec = backend
-                .get(path)
-                .await?
-                .ok_or_else(|| KmsError::Internal(format!("{path} vanished during load")))?;
-            let plain = keyring.open(path, &rec.value)?;
-            let meta: KeyMeta = serde_json::from_slice(&plain)
-                .map_err(|e| KmsError::Internal(format!("{path} is unreadable: {e}")))?;
+            let (meta, record_version) = match read_meta(backend.as_ref(), &keyring, path).await {
+                Ok(v) => v,
+                Err(why) => {
+                    tracing::error!(%path, error = %why, "key metadata record is damaged; that key is unreadable");
+                    if let Some(id) = parse_meta_path(path) {
+                        cache.damaged_ids.insert(id, why.clone());
+                    }
+                    cache.damaged_meta.push((path.clone(), why));
+                    continue;
+                }
+            };
             if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {
                 // Finish an erasure a crash may have interrupted (metadata is written first).
                 self.erase_material(&meta).await?;
             }
             let mut material = BTreeMap::new();
+            let mut damaged = BTreeMap::new();
             for v in cached_versions(&meta) {
-                material.insert(v, self.read_material(&keyring, &meta, v).await?);
+                match self.read_material(&keyring, &meta, v).await {
+                    Ok(m) => {
+                        material.insert(v, m);
+                    }
+                    Err(e) => {
+                        tracing::error!(key = %meta.name, version = v, error = %e, "key material record is damaged; that version is unreadable");
+                        damaged.insert(v, e.to_string());
+                    }
+                }
             }
             let cached = Arc::new(CachedKey {
                 pending_counts: counts_for(&meta),
                 meta,
-                record_version: rec.version,
+                record_version,
                 material,
+                damaged,
             });
             write(&cache.by_name).insert(cached.meta.name.clone(), cached.clone());
             write(&cache.by_id).insert(cached.meta.id, cached);
         }
         // Material no acknowledged key version owns (a create or rotation interrupted before
         // its metadata committed) is erased, so it can neither block a rotation nor outlive it.
+        // Material of a key whose metadata is damaged is kept: it may be all that is left of it.
         for path in &paths {
             if let Some((id, v)) = parse_material_path(path) {
                 let owned = read(&cache.by_id)
                     .get(&id)
                     .is_some_and(|k| v <= k.meta.latest());
-                if !owned {
+                if !owned && !cache.damaged_ids.contains_key(&id) {
                     backend.delete(path, Expect::Any).await?;
                     tracing::warn!(%path, "erased key material left by an interrupted change");
                 }
             }
         }
         let n = read(&cache.by_id).len();
+        if !cache.damaged_meta.is_empty() {
+            tracing::error!(
+                damaged = cache.damaged_meta.len(),
+                "some key records are damaged: those keys are unreadable and key creation is refused; restore the data directory from backup"
+            );
+        }
         let mut guard = self.cache.write().unwrap_or_else(|p| p.into_inner());
         // Sealed while loading: install nothing, keep no key in memory.
         if self.epoch.load(Ordering::SeqCst) != epoch {
@@ -253,14 +303,17 @@ impl Keystore {
     }
 
     fn lookup(&self, name: &KeyName) -> Result<Arc<CachedKey>, KmsError> {
-        read(&self.cache()?.by_name)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| {
+        let cache = self.cache()?;
+        let found = read(&cache.by_name).get(name).cloned();
+        found.ok_or_else(|| {
+            if cache.damaged_meta.is_empty() {
                 KmsError::NotFound(format!(
                     "key {name} does not exist: create it with `kms-cli key create {name}`"
                 ))
-            })
+            } else {
+                KmsError::NotFound(format!("key {name} was not found{}", cache.damaged_note()))
+            }
+        })
     }
 
     // ---- data plane -------------------------------------------------------------------
@@ -289,12 +342,10 @@ impl Keystore {
         context: &EncryptionContext,
     ) -> Result<Encrypted, KmsError> {
         let version = key.meta.check_encrypt(Operation::Encrypt)?;
-        let material = key.material.get(&version).ok_or_else(|| {
-            KmsError::Internal(format!(
-                "key {} version {version}: no material in cache",
-                key.meta.name
-            ))
-        })?;
+        let material = key
+            .material
+            .get(&version)
+            .ok_or_else(|| no_material(key, version))?;
         let ciphertext = ciphertext::seal(material, key.meta.id, version, context, plaintext)?;
         if let Some(c) = key.pending_counts.get(version as usize - 1) {
             c.fetch_add(1, Ordering::Relaxed);
@@ -313,10 +364,22 @@ impl Keystore {
     pub fn decrypt(&self, ct: &[u8], context: &EncryptionContext) -> Result<Decrypted, KmsError> {
         let header = ciphertext::parse_header(ct)?;
         let auth_failed = || KmsError::from(ciphertext::CiphertextError::Authentication);
-        let key = read(&self.cache()?.by_id)
-            .get(&header.key_id)
-            .cloned()
-            .ok_or_else(auth_failed)?;
+        let cache = self.cache()?;
+        let found = read(&cache.by_id).get(&header.key_id).cloned();
+        let key = match found {
+            Some(k) => k,
+            // The header is not authenticated, but naming a key id whose record is damaged
+            // tells the caller nothing secret and saves them from chasing a wrong context.
+            None => match cache.damaged_ids.get(&header.key_id) {
+                Some(why) => {
+                    return Err(KmsError::DataLoss(format!(
+                        "key id {}: its stored record is damaged ({why}), so this ciphertext cannot be decrypted: restore the data directory from backup",
+                        header.key_id
+                    )));
+                }
+                None => return Err(auth_failed()),
+            },
+        };
         match key.meta.check_decrypt(header.version) {
             Ok(()) => {}
             Err(LifecycleError::NoSuchVersion { .. }) => return Err(auth_failed()),
@@ -332,12 +395,10 @@ impl Keystore {
             }
             Err(e) => return Err(e.into()),
         }
-        let material = key.material.get(&header.version).ok_or_else(|| {
-            KmsError::Internal(format!(
-                "key {} version {}: no material in cache",
-                key.meta.name, header.version
-            ))
-        })?;
+        let material = key
+            .material
+            .get(&header.version)
+            .ok_or_else(|| no_material(&key, header.version))?;
         let plaintext = ciphertext::open(material, ct, context)?;
         Ok(Decrypted {
             plaintext,
@@ -388,6 +449,12 @@ impl Keystore {
         let _w = self.writer.read().await;
         let _k = self.stripe(&name).lock().await;
         let cache = self.cache()?;
+        if !cache.damaged_meta.is_empty() {
+            return Err(KmsError::DataLoss(format!(
+                "key {name} was not created: {} key record(s) are damaged and their names are unknown, and a name must never be reused: restore the data directory from backup",
+                cache.damaged_meta.len()
+            )));
+        }
         let existing = read(&cache.by_name).get(&name).cloned();
         if let Some(existing) = existing {
             let why = if matches!(
@@ -416,6 +483,7 @@ impl Keystore {
                 meta: meta.clone(),
                 record_version,
                 material: mats,
+                damaged: BTreeMap::new(),
             },
         );
         tracing::info!(key = %meta.name, id = %meta.id, "key created");
@@ -527,6 +595,7 @@ impl Keystore {
                 meta: meta.clone(),
                 record_version,
                 material,
+                damaged: BTreeMap::new(),
             },
         );
         if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {
@@ -678,13 +747,24 @@ impl Keystore {
         version: u32,
     ) -> Result<Secret32, KmsError> {
         let path = material_path(&meta.id, version);
-        let rec = self.seal.backend().get(&path).await?.ok_or_else(|| {
-            KmsError::Internal(format!(
-                "key {} version {version}: material is missing from storage",
+        let damaged = |why: String| {
+            KmsError::DataLoss(format!(
+                "key {} version {version}: its stored material {why}: restore the data directory from backup",
                 meta.name
             ))
-        })?;
-        to_secret(&keyring.open(&path, &rec.value)?)
+        };
+        let rec = match self.seal.backend().get(&path).await {
+            Ok(Some(rec)) => rec,
+            Ok(None) => return Err(damaged("is missing".into())),
+            Err(crate::storage::StorageError::Corrupt(_)) => {
+                return Err(damaged("is corrupt".into()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let plain = keyring
+            .open(&path, &rec.value)
+            .map_err(|e| damaged(format!("failed its integrity check ({e})")))?;
+        to_secret(&plain).map_err(|_| damaged("has the wrong length".into()))
     }
 
     /// Deletes every version's material record of `meta` (missing ones are fine).
@@ -752,6 +832,47 @@ fn with_counts(key: &CachedKey) -> KeyMeta {
         meta.record_encryptions(i as u32 + 1, c.load(Ordering::Relaxed));
     }
     meta
+}
+
+/// The key id of a metadata record path.
+fn parse_meta_path(path: &str) -> Option<KeyId> {
+    path.strip_prefix("keys/")?
+        .strip_suffix("/meta")?
+        .parse()
+        .ok()
+}
+
+/// Reads and opens one metadata record; the error says why it is unreadable.
+async fn read_meta(
+    backend: &dyn crate::storage::Backend,
+    keyring: &Keyring,
+    path: &str,
+) -> Result<(KeyMeta, u64), String> {
+    let rec = backend
+        .get(path)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "it vanished during load".to_string())?;
+    let plain = keyring
+        .open(path, &rec.value)
+        .map_err(|e| format!("failed its integrity check ({e})"))?;
+    let meta: KeyMeta =
+        serde_json::from_slice(&plain).map_err(|e| format!("it does not parse ({e})"))?;
+    if meta_path(&meta.id) != path {
+        return Err("it names another key id".into());
+    }
+    Ok((meta, rec.version))
+}
+
+/// Why a usable version has no material in the cache.
+fn no_material(key: &CachedKey, version: u32) -> KmsError {
+    match key.damaged.get(&version) {
+        Some(why) => KmsError::DataLoss(why.clone()),
+        None => KmsError::Internal(format!(
+            "key {} version {version}: no material in cache",
+            key.meta.name
+        )),
+    }
 }
 
 fn to_secret(bytes: &[u8]) -> Result<Secret32, KmsError> {

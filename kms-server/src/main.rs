@@ -145,7 +145,18 @@ async fn run(path: PathBuf) -> Result<(), String> {
     // A broken policy set stops the server here, naming the file and line.
     let authz = std::sync::Arc::new(kms_server::Authz::load(&config.policies)?);
     let sink = kms_server::open_audit(&config)?;
-    let seal = kms_server::open_seal(&config).await?;
+    // sled reports a damaged file in its own terms (e.g. "created using a sled version earlier
+    // than 0.29"): say what it likely means and what to do (docs/corruption.md).
+    let seal = kms_server::open_seal(&config).await.map_err(|e| {
+        if e.contains("backup") {
+            e
+        } else {
+            format!(
+                "{e}. If files of the data directory were damaged, restore it from backup \
+                 (docs/corruption.md)"
+            )
+        }
+    })?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -33,6 +33,9 @@ struct PrincipalState {
 pub struct Mfa {
     seal: Arc<Seal>,
     secrets: Mutex<HashMap<String, Secret32>>,
+    /// Principals whose enrolment record failed its integrity check at load (why). They are
+    /// refused with a clear error, and cannot enrol again (the record is still there).
+    damaged: Mutex<HashMap<String, String>>,
     state: Mutex<HashMap<String, PrincipalState>>,
 }
 
@@ -45,31 +48,50 @@ impl Mfa {
         Self {
             seal,
             secrets: Mutex::new(HashMap::new()),
+            damaged: Mutex::new(HashMap::new()),
             state: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Loads every enrolled secret (after unseal).
+    /// Loads every enrolled secret (after unseal). A damaged record makes only its principal's
+    /// MFA fail (logged, and refused with a clear error), not the unseal.
     pub async fn load(&self) -> Result<(), KmsError> {
         let keyring = self.seal.keyring().await?;
         let backend = self.seal.backend();
         let mut loaded = HashMap::new();
+        let mut damaged = HashMap::new();
         for p in backend.list("mfa/").await? {
-            let Some(rec) = backend.get(&p).await? else {
-                continue;
-            };
-            let plain = keyring.open(&p, &rec.value)?;
-            let principal = hex::decode(p.trim_start_matches("mfa/"))
+            let Some(principal) = hex::decode(p.trim_start_matches("mfa/"))
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| KmsError::Internal(format!("bad MFA record name {p}")))?;
-            let secret: [u8; 32] = plain
-                .as_slice()
-                .try_into()
-                .map_err(|_| KmsError::Internal(format!("bad MFA record {p}")))?;
-            loaded.insert(principal, Secret32::from_bytes(secret));
+            else {
+                tracing::error!(path = %p, "MFA record with an unreadable name; ignored");
+                continue;
+            };
+            let secret = match backend.get(&p).await {
+                Ok(None) => continue,
+                Ok(Some(rec)) => keyring
+                    .open(&p, &rec.value)
+                    .map_err(|e| format!("failed its integrity check ({e})"))
+                    .and_then(|plain| {
+                        <[u8; 32]>::try_from(plain.as_slice())
+                            .map_err(|_| "has the wrong length".to_string())
+                    }),
+                Err(e) => Err(e.to_string()),
+            };
+            match secret {
+                Ok(mut bytes) => {
+                    loaded.insert(principal, Secret32::from_bytes(bytes));
+                    zeroize::Zeroize::zeroize(&mut bytes);
+                }
+                Err(why) => {
+                    tracing::error!(%principal, error = %why, "MFA enrolment record is damaged; that principal's MFA fails");
+                    damaged.insert(principal, why);
+                }
+            }
         }
         *self.secrets.lock().unwrap_or_else(|p| p.into_inner()) = loaded;
+        *self.damaged.lock().unwrap_or_else(|p| p.into_inner()) = damaged;
         Ok(())
     }
 
@@ -127,6 +149,16 @@ impl Mfa {
         };
         let secrets = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
         let Some(secret) = secrets.get(principal) else {
+            if let Some(why) = self
+                .damaged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(principal)
+            {
+                return Err(KmsError::DataLoss(format!(
+                    "the MFA enrolment of {principal} is damaged in storage ({why}): restore the data directory from backup"
+                )));
+            }
             return denied(format!(
                 "this operation requires a second factor but {principal} is not enrolled: run `kms-cli mfa enroll`"
             ));

@@ -339,16 +339,23 @@ impl Seal {
                     .into(),
             )
         })?;
-        let marker = self
-            .backend
-            .get(INSTALLATION_PATH)
-            .await?
-            .ok_or_else(|| KmsError::Internal(format!("{INSTALLATION_PATH} is missing")))?;
-        let id = keyring.open(INSTALLATION_PATH, &marker.value)?;
+        let damaged = |why: &str| {
+            KmsError::DataLoss(format!(
+                "the installation marker ({INSTALLATION_PATH}) {why}: the data directory is \
+                 damaged; progress reset. Restore the data directory from backup"
+            ))
+        };
+        let marker = match self.backend.get(INSTALLATION_PATH).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(damaged("is missing")),
+            Err(crate::storage::StorageError::Corrupt(_)) => return Err(damaged("is corrupt")),
+            Err(e) => return Err(e.into()),
+        };
+        let id = keyring
+            .open(INSTALLATION_PATH, &marker.value)
+            .map_err(|_| damaged("failed its integrity check"))?;
         if id.as_slice() != config.installation_id.as_slice() {
-            return Err(KmsError::Internal(
-                "installation marker does not match the seal configuration".into(),
-            ));
+            return Err(damaged("does not match the seal configuration"));
         }
         Ok((root, keyring))
     }
@@ -446,16 +453,47 @@ fn status_of(inner: &Inner) -> SealStatus {
 }
 
 async fn read_config(backend: &dyn Backend) -> Result<Option<Config>, KmsError> {
-    let Some(raw) = backend.get(SEAL_PATH).await? else {
-        return Ok(None);
+    let raw = match backend.get(SEAL_PATH).await {
+        Ok(Some(raw)) => raw,
+        Ok(None) => {
+            // Not initialised, unless other records exist: then the seal record was lost, and
+            // offering init would let a new installation be written over the old one's records.
+            // A lone marker is what an interrupted init leaves, and init overwrites it.
+            let mut others = backend.list("").await?;
+            others.retain(|p| p.as_str() != INSTALLATION_PATH);
+            if let Some(p) = others.first() {
+                return Err(KmsError::DataLoss(format!(
+                    "the seal configuration ({SEAL_PATH}) is missing but the data directory holds \
+                     {} other record(s), e.g. {p}: it is damaged; restore it from backup",
+                    others.len()
+                )));
+            }
+            return Ok(None);
+        }
+        Err(crate::storage::StorageError::Corrupt(_)) => {
+            return Err(KmsError::DataLoss(format!(
+                "the stored seal configuration ({SEAL_PATH}) is corrupt: the data directory is \
+                 damaged; restore it from backup"
+            )));
+        }
+        Err(e) => return Err(e.into()),
     };
-    let record: SealRecord = serde_json::from_slice(&raw.value)
-        .map_err(|e| KmsError::Internal(format!("stored seal configuration is unreadable: {e}")))?;
+    let record: SealRecord = serde_json::from_slice(&raw.value).map_err(|e| {
+        KmsError::DataLoss(format!(
+            "the stored seal configuration ({SEAL_PATH}) is unreadable ({e}): the data directory \
+             is damaged; restore it from backup"
+        ))
+    })?;
     parse_config(record, raw.version).map(Some)
 }
 
 fn parse_config(record: SealRecord, version: u64) -> Result<Config, KmsError> {
-    let bad = |what: &str| KmsError::Internal(format!("stored seal configuration: bad {what}"));
+    let bad = |what: &str| {
+        KmsError::DataLoss(format!(
+            "the stored seal configuration ({SEAL_PATH}) has a bad {what}: the data directory is \
+             damaged; restore it from backup"
+        ))
+    };
     if record.format != SEAL_FORMAT {
         return Err(bad("format version"));
     }
