@@ -307,13 +307,19 @@ impl Backend for SledBackend {
         let gate = self.inner.gate.clone().write_owned().await;
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let _gate = gate;
+            // Under the gate, only the cheap copy (sled's values are reference-counted); the
+            // decoding happens after writes are let through again.
+            let raw = inner
+                .db
+                .iter()
+                .collect::<Result<Vec<(sled::IVec, sled::IVec)>, sled::Error>>()
+                .map_err(sled_err);
+            drop(gate);
             let mut out = Vec::new();
-            for item in inner.db.iter() {
-                let (k, raw) = item.map_err(sled_err)?;
+            for (k, v) in raw? {
                 let key = String::from_utf8(k.to_vec())
                     .map_err(|_| StorageError::Corrupt(String::from_utf8_lossy(&k).into_owned()))?;
-                let rec = decode(&key, &raw)?;
+                let rec = decode(&key, &v)?;
                 out.push((key, rec));
             }
             Ok(out)
