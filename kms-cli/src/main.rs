@@ -84,7 +84,7 @@ pub(crate) struct Conn {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Seal operations: init, unseal, seal, status, rekey, rotate-barrier.
+    /// Seal operations: init, unseal, seal, status, rekey, rotate-barrier; backups.
     #[command(subcommand)]
     Operator(operator::Operator),
     /// Key administration: create, list, show, rotate, disable, revoke, delete.

@@ -62,8 +62,8 @@ pub trait Backend: Send + Sync + 'static {
     /// the records are copied (not while they are sent anywhere); reads never wait. For backups.
     ///
     /// One `Vec`: 100,000 keys are about 200,000 records of a few hundred bytes, about 100 MB
-    /// in memory, and copying them held writes for 0.4-0.5 s (debug build, sled, shared
-    /// 2-core machine). A streaming form would hold writes for as long as its reader is slow.
+    /// in memory, and copying them held writes for 0.4-0.5 s, 3.3 s when cold (debug
+    /// build, sled, shared 2-core machine). A streaming form would hold writes for as long as its reader is slow.
     async fn snapshot(&self) -> Result<Vec<(String, Versioned)>, StorageError>;
     /// A short name for status output ("sled").
     fn name(&self) -> &'static str;
