@@ -229,8 +229,16 @@ async fn backup_while_serving_restores_what_was_acknowledged() {
         decrypted += 1;
     }
     assert!(decrypted >= before.len());
-    // And it serves new work.
+    // And it serves new work, including changes that compare-and-set on the restored
+    // records' versions.
     create_and_encrypt(&rc, "after/restore").await;
+    let rotated = rc
+        .call(rc.key_admin().rotate_key(pb::RotateKeyRequest {
+            name: "pre/0".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(rotated.latest_version, 2, "{rotated:?}");
 }
 
 /// Makes a backup of a small unsealed KMS; returns it, the share, and the folder holding it.
@@ -249,9 +257,10 @@ async fn small_backup() -> (Vec<u8>, String, tempfile::TempDir) {
     (std::fs::read(&file).unwrap(), share.unwrap(), dir)
 }
 
-/// A damaged backup (one byte flipped, truncated, garbage appended, not a backup at all) is
-/// refused by restore with a message naming the damage, and the target data directory stays
-/// empty; `verify-backup` refuses it too (exit 2). The intact file then restores.
+/// A damaged backup (one byte flipped, truncated, garbage appended, an unknown format version,
+/// not a backup at all) is refused by restore with a message naming the damage, and the
+/// target data directory stays empty; `verify-backup` refuses it too (exit 2). The intact
+/// file then restores.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_backup_is_refused_and_nothing_is_written() {
     let (good, share, dir) = small_backup().await;
@@ -262,7 +271,15 @@ async fn damaged_backup_is_refused_and_nothing_is_written() {
     trailing.extend_from_slice(b"\ngarbage");
     let mut magic = good.clone();
     magic[0] = b'X';
-    let cases: [(&str, Vec<u8>, &str); 5] = [
+    // The last byte of the format version (bytes 8..12).
+    let mut version = good.clone();
+    version[11] = 2;
+    let cases: [(&str, Vec<u8>, &str); 6] = [
+        (
+            "version",
+            version,
+            "backup format version 2 is not supported",
+        ),
         ("flipped", flipped, "the file is damaged or was altered"),
         ("cut-end", good[..n - 1].to_vec(), "truncated"),
         ("cut-half", good[..n / 2].to_vec(), "truncated"),
