@@ -105,8 +105,9 @@ fn audit_records(inst: &Installation, operation: &str) -> Vec<serde_json::Value>
 
 /// A backup taken while a client keeps creating keys and encrypting is one consistent
 /// instant: restored into an empty data directory of another installation, the KMS starts
-/// sealed, unseals with the SAME share, holds every key acknowledged before the backup began
-/// (and only keys that were created), and decrypts the ciphertexts made under each of them.
+/// sealed, unseals with the SAME share (the one valid when the backup was taken, even after a
+/// rekey), holds every key acknowledged before the backup began (and only keys that were
+/// created), and decrypts the ciphertexts made under each of them.
 /// The file holds only sealed records (no plaintext made before the backup appears in it), is
 /// private to its owner, and the backup call is in the audit log.
 /// [SNC 10.1.d / 12.5.d: backups leaving the perimeter are encrypted — every record stays
@@ -180,6 +181,13 @@ async fn backup_while_serving_restores_what_was_acknowledged() {
     assert_eq!(recs.len(), 1, "{recs:?}");
     assert_eq!(recs[0]["outcome"], "ok");
     assert_eq!(recs[0]["principal"], "spiffe://kms.test/operator");
+    // A rekey after the backup does not reach it: the restored KMS needs the old share.
+    let new_share = c
+        .rekey(vec![share.clone().unwrap()], 1, 1)
+        .await
+        .unwrap()
+        .shares;
+    assert_ne!(new_share, vec![share.clone().unwrap()]);
     drop(server);
 
     // Offline check of the file.
