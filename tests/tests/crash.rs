@@ -36,6 +36,8 @@ const KILL_SPAN_MS: u64 = 1000;
 const MAX_LIVE_KEYS: usize = 6;
 /// Older ciphertexts re-checked after each restart, besides all of the last round's.
 const SAMPLE: usize = 40;
+/// Rotate the audit log at this size: about every round, so rotations are crashed into too.
+const AUDIT_FILE_BYTES: u64 = 256 * 1024;
 /// A bound for things that take milliseconds (a client noticing the dead server): only there
 /// so that a hang fails with a message instead of blocking CI.
 const GENEROUS: Duration = Duration::from_secs(60);
@@ -92,6 +94,9 @@ struct KeyModel {
 /// An acknowledged encryption.
 struct Ct {
     key: String,
+    /// Index of the key in its client's `Owned::keys` (stable: only an unacknowledged create,
+    /// always the last key, is ever removed).
+    key_idx: usize,
     version: u32,
     ciphertext: Vec<u8>,
     plaintext: Vec<u8>,
@@ -337,6 +342,7 @@ async fn client_round(
                         }
                         owned.cts.push(Ct {
                             key: key.clone(),
+                            key_idx: i,
                             version: r.version,
                             ciphertext: r.ciphertext,
                             plaintext,
@@ -351,19 +357,19 @@ async fn client_round(
             "recheck" => {
                 // An older acknowledged ciphertext of this client, any round; keys being
                 // deleted are left to the check after the restart.
-                let candidates: Vec<usize> = (0..owned.cts.len())
-                    .filter(|&j| {
-                        owned
-                            .keys
-                            .iter()
-                            .any(|k| k.name == owned.cts[j].key && k.state != State::Deleting)
-                    })
+                let picks: Vec<usize> = (0..8)
+                    .map(|_| rng.below(owned.cts.len().max(1) as u64) as usize)
                     .collect();
-                let Some(&j) = rng.pick(&candidates) else {
+                let Some(&j) = picks.iter().find(|&&j| {
+                    owned
+                        .cts
+                        .get(j)
+                        .is_some_and(|ct| owned.keys[ct.key_idx].state != State::Deleting)
+                }) else {
                     continue;
                 };
                 let ct = &owned.cts[j];
-                let k = owned.keys.iter().find(|k| k.name == ct.key).unwrap();
+                let k = &owned.keys[ct.key_idx];
                 match check_ct(&c, ct, usable(k, ct.version), &killed).await {
                     Ok(true) => acked.push(("decrypt".into(), Some(ct.key.clone()))),
                     Ok(false) => {}
@@ -555,8 +561,9 @@ async fn wait_for_bench(inst: &Installation, offset: u64) {
     let deadline = Instant::now() + GENEROUS;
     loop {
         let log = std::fs::read(&path).unwrap();
-        // `offset` may fall inside a line cut by the last restart: a lossy view is enough.
-        let new = String::from_utf8_lossy(log.get(offset as usize..).unwrap_or_default());
+        // A rotation since `offset` started a new file: search all of it. `offset` may fall
+        // inside a line cut by the last restart: a lossy view is enough.
+        let new = String::from_utf8_lossy(log.get(offset as usize..).unwrap_or(&log));
         if new.contains(&needle) {
             return;
         }
@@ -585,6 +592,7 @@ fn audit_files(inst: &Installation) -> Vec<PathBuf> {
 struct AuditCheck {
     head_seq: u64,
     torn: bool,
+    files: usize,
 }
 
 /// Runs `kms-cli audit verify` on the whole log, as the kill left it (before the restart, which
@@ -662,7 +670,11 @@ fn check_audit(inst: &Installation, since: u64, acked: &[(String, Option<String>
             "{n} acknowledged {what:?} but only {have} complete ok records after seq {since}"
         );
     }
-    AuditCheck { head_seq, torn }
+    AuditCheck {
+        head_seq,
+        torn,
+        files: files.len(),
+    }
 }
 
 /// All keys under `crash/`, by name.
@@ -795,8 +807,9 @@ fn check_keys(
     }
 }
 
-/// Decrypts every ciphertext of `round` and `SAMPLE` older ones (always including round 1's
-/// first), or all of them when `round` is `None`. Returns how many were checked.
+/// Decrypts every ciphertext of `round` and a random sample of [`SAMPLE`] older ones (always
+/// with client 0's oldest, from round 1 as soon as it encrypted there), or all of them when
+/// `round` is `None`. Returns how many were checked.
 async fn check_cts(
     c: &Client,
     owned: &[Owned],
@@ -806,12 +819,7 @@ async fn check_cts(
 ) -> usize {
     let all: Vec<(&Ct, &KeyModel)> = owned
         .iter()
-        .flat_map(|o| {
-            o.cts.iter().map(move |ct| {
-                let k = o.keys.iter().find(|k| k.name == ct.key).unwrap();
-                (ct, k)
-            })
-        })
+        .flat_map(|o| o.cts.iter().map(move |ct| (ct, &o.keys[ct.key_idx])))
         .collect();
     let mut chosen: Vec<usize> = match round {
         None => (0..all.len()).collect(),
@@ -888,7 +896,10 @@ async fn acknowledged_work_survives_sigkill() {
     println!("crash test: {rounds} rounds, seed {seed} (replay: KMS_CRASH_SEED={seed})");
     let started = Instant::now();
     let mut rng = Rng(seed);
-    let inst = Installation::with_config(FAST_LIFECYCLE);
+    // Small audit files, so rotations happen under load and are crashed into too.
+    let inst = Installation::with_config(&format!(
+        "{FAST_LIFECYCLE}[audit]\nmax_bytes = {AUDIT_FILE_BYTES}\n"
+    ));
     let mut share = None;
     let mut owned: Vec<Owned> = (0..CLIENTS).map(|_| Owned::default()).collect();
     let mut pending: Vec<Option<Pending>> = vec![None; CLIENTS];
@@ -963,9 +974,10 @@ async fn acknowledged_work_survives_sigkill() {
         audit_seq = audit.head_seq;
         torn_rounds += u32::from(audit.torn);
         println!(
-            "round {round}: killed after {delay} ms; {} calls acknowledged; audit verifies to \
-             seq {}{}",
+            "round {round}: killed after {delay} ms; {} calls acknowledged; audit ({} files) \
+             verifies to seq {}{}",
             acked.len(),
+            audit.files,
             audit.head_seq,
             if audit.torn { ", torn last line" } else { "" }
         );
