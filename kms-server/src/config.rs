@@ -40,7 +40,7 @@ pub struct LimitsConfig {
     /// 9113 advises). More are refused with RST_STREAM(REFUSED_STREAM).
     pub max_concurrent_streams: u32,
     /// Longest a call may run, in seconds (default 30); a client's shorter `grpc-timeout`
-    /// wins. The client then gets CANCELLED "Timeout expired".
+    /// wins. The client then gets DEADLINE_EXCEEDED naming the limit (see `deadline`).
     pub request_timeout_secs: u64,
     /// Longest a client may take to complete the TLS handshake, in seconds (default 10).
     pub handshake_timeout_secs: u64,

@@ -13,6 +13,7 @@ pub mod audit_sink;
 mod authz;
 pub mod backup;
 mod config;
+mod deadline;
 pub mod dev;
 mod error;
 pub mod harden;
@@ -150,10 +151,11 @@ pub async fn serve(
     warn_if_few_files(limits.max_connections);
     // The limits of [limits] (docs/limits.md): each bounds what one client can hold.
     let server = tonic::transport::Server::builder()
-        .timeout(limits.request_timeout())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.keepalive_interval()))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+        // Outside the audit layer, as a client's RST_STREAM is: see deadline.rs.
+        .layer(deadline::DeadlineLayer::new(limits.request_timeout()))
         .layer(audit_sink::AuditLayer::new(sink.clone()))
         .add_service(health_service.max_decoding_message_size(max_message))
         .add_service(reflection_v1.max_decoding_message_size(max_message))

@@ -251,7 +251,10 @@ pub fn incoming_with(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                // Pinned here, not inside the timeout, so a timed-out handshake's socket is
+                // closed after its log line: whoever sees the close can find the line.
+                let mut accept = std::pin::pin!(acceptor.accept(tcp));
+                match tokio::time::timeout(handshake_timeout, accept.as_mut()).await {
                     Ok(Ok(stream)) => {
                         let principal = stream
                             .get_ref()
