@@ -751,17 +751,29 @@ fn open_and_resume(path: &Path) -> Result<(File, u64, Chain), String> {
         .append(true)
         .open(path)
         .map_err(err)?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(err)?;
-    // Everything after the last newline is a torn, unacknowledged record: cut it.
-    let complete = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    if complete < text.len() {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(err)?;
+    // Everything after the last newline is a torn, unacknowledged record: cut it. Bytes, not
+    // text: the cut may fall inside a multi-byte character (context keys are any text).
+    let complete = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let text = std::str::from_utf8(&bytes[..complete]).map_err(|e| {
+        format!(
+            "audit log {} is not UTF-8 text: {e}; the server writes only JSON text, so it was \
+             altered",
+            path.display()
+        )
+    })?;
+    if complete < bytes.len() {
         file.set_len(complete as u64).map_err(err)?;
         file.seek(SeekFrom::End(0)).map_err(err)?;
         file.sync_data().map_err(err)?;
     }
     // An empty current file continues the chain of the newest rotated file, if any.
-    let last_line = match text[..complete].lines().last() {
+    let last_line = match text.lines().last() {
         Some(l) => Some(l.to_string()),
         None => last_rotated_line(path)?,
     };

@@ -1047,3 +1047,58 @@ async fn a_torn_audit_line_is_reported_then_cut() {
     assert!(!check.torn);
     assert!(check.head_seq > seq + 1, "no record after the restart");
 }
+
+/// The same, with the write cut inside a multi-byte character: records hold encryption-context
+/// keys in clear, which may be any non-control text (here `clé`), so a torn line can end
+/// mid-character. Verify reports it as torn; the server must still start, cut it and continue
+/// the chain. [SNC 12.6–12.8: protect the logs' integrity]
+#[tokio::test]
+async fn a_torn_line_cut_inside_a_character_is_cut_too() {
+    let inst = Installation::new();
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    let req = pb::CreateKeyRequest {
+        name: "crash/utf8".into(),
+        purpose: pb::KeyPurpose::EncryptDecrypt as i32,
+        ..Default::default()
+    };
+    c.call(c.key_admin().create_key(req)).await.unwrap();
+    let context = HashMap::from([("clé".to_string(), "v".to_string())]);
+    let ct = c
+        .encrypt("crash/utf8", b"x".to_vec(), context.clone())
+        .await
+        .unwrap()
+        .ciphertext;
+    server.kill();
+
+    let path = inst.root.path().join("audit.log");
+    let mut log = std::fs::read(&path).unwrap();
+    let text = String::from_utf8(log.clone()).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(last.contains("\"clé\""), "{last}");
+    let seq = serde_json::from_str::<serde_json::Value>(last).unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let next = last.replacen(
+        &format!("{{\"seq\":{seq},"),
+        &format!("{{\"seq\":{},", seq + 1),
+        1,
+    );
+    // Up to and including the first byte of 'é' (two bytes in UTF-8).
+    let cut = next.find('é').unwrap() + 1;
+    log.extend_from_slice(&next.as_bytes()[..cut]);
+    std::fs::write(&path, &log).unwrap();
+    let acked = [("encrypt".to_string(), Some("crash/utf8".to_string()))];
+    let check = check_audit(&inst, 0, &acked);
+    assert!(check.torn, "the torn line was not reported");
+    assert_eq!(check.head_seq, seq);
+
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    assert_eq!(c.decrypt(ct, context).await.unwrap().plaintext, b"x");
+    server.kill();
+    let check = check_audit(&inst, seq, &[("decrypt".into(), Some("crash/utf8".into()))]);
+    assert!(!check.torn);
+    assert!(check.head_seq > seq + 1, "no record after the restart");
+}
