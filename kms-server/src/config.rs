@@ -76,28 +76,59 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// Room for the encryption context (at most 8 KiB) and the protobuf framing of one item.
     const ITEM_OVERHEAD: usize = 16 * 1024;
+    /// Upper bound of every timeout (in seconds: 30 days) and of `max_connections`.
+    const MAX_BOUND: u64 = 30 * 24 * 3600;
 
     /// Checks the limits against each other and against the key settings.
     ///
-    /// Returns an error naming the field when a limit is zero, when `max_message_bytes` cannot
+    /// Returns an error naming the field when a limit is zero or above 2,592,000 (30 days in
+    /// seconds; for `max_connections` too), when `max_message_bytes` cannot
     /// carry one maximal Encrypt, or when the idle timeout would cut a client that answers
     /// pings.
     pub fn check(&self, keys: &crate::keystore::KeySettings) -> Result<(), String> {
-        let positive = [
-            ("max_message_bytes", self.max_message_bytes as u64),
+        // The upper bounds are far beyond any sensible value, and small enough for timer
+        // arithmetic and the connection semaphore never to overflow.
+        let fields = [
+            ("max_message_bytes", self.max_message_bytes as u64, u64::MAX),
             (
                 "max_concurrent_streams",
                 u64::from(self.max_concurrent_streams),
+                u64::MAX,
             ),
-            ("request_timeout_secs", self.request_timeout_secs),
-            ("handshake_timeout_secs", self.handshake_timeout_secs),
-            ("idle_timeout_secs", self.idle_timeout_secs),
-            ("keepalive_interval_secs", self.keepalive_interval_secs),
-            ("keepalive_timeout_secs", self.keepalive_timeout_secs),
-            ("max_connections", self.max_connections as u64),
+            (
+                "request_timeout_secs",
+                self.request_timeout_secs,
+                Self::MAX_BOUND,
+            ),
+            (
+                "handshake_timeout_secs",
+                self.handshake_timeout_secs,
+                Self::MAX_BOUND,
+            ),
+            ("idle_timeout_secs", self.idle_timeout_secs, Self::MAX_BOUND),
+            (
+                "keepalive_interval_secs",
+                self.keepalive_interval_secs,
+                Self::MAX_BOUND,
+            ),
+            (
+                "keepalive_timeout_secs",
+                self.keepalive_timeout_secs,
+                Self::MAX_BOUND,
+            ),
+            (
+                "max_connections",
+                self.max_connections as u64,
+                Self::MAX_BOUND,
+            ),
         ];
-        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("[limits] {name} must be at least 1"));
+        for (name, value, max) in fields {
+            if value == 0 {
+                return Err(format!("[limits] {name} must be at least 1"));
+            }
+            if value > max {
+                return Err(format!("[limits] {name} must be at most {max}"));
+            }
         }
         let needed = keys.max_plaintext_bytes.saturating_add(Self::ITEM_OVERHEAD);
         if self.max_message_bytes < needed {

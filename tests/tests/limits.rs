@@ -618,6 +618,10 @@ fn impossible_limits_are_refused_at_start() {
             "idle_timeout_secs",
         ),
         ("[limits]\nmax_conections = 10\n", "max_conections"),
+        (
+            "[limits]\nidle_timeout_secs = 9223372036854775807\n",
+            "idle_timeout_secs must be at most",
+        ),
     ] {
         let inst = Installation::with_config(extra);
         let out = std::process::Command::new(bin("kms-server"))
