@@ -462,8 +462,14 @@ mod tests {
                 rounds
             }));
         }
-        let mut moved = 0;
-        for _ in 0..40 {
+        // At least 40 snapshots, and until the writers have moved on (bounded, not timed).
+        let (mut moved, mut taken) = (0, 0);
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while taken < 40 || moved < 2 {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "writers made no progress"
+            );
             let snap: std::collections::HashMap<String, u64> = b
                 .snapshot()
                 .await
@@ -480,6 +486,7 @@ mod tests {
                 );
                 moved = moved.max(a);
             }
+            taken += 1;
         }
         stop.store(true, Ordering::SeqCst);
         let mut rounds = 0;
