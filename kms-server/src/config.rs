@@ -39,8 +39,9 @@ pub struct LimitsConfig {
     /// Most concurrent calls (HTTP/2 streams) on one connection (default 100, the floor RFC
     /// 9113 advises). More are refused with RST_STREAM(REFUSED_STREAM).
     pub max_concurrent_streams: u32,
-    /// Longest a call may run, in seconds (default 30); a client's shorter `grpc-timeout`
-    /// wins. The client then gets DEADLINE_EXCEEDED naming the limit (see `deadline`).
+    /// Longest a call may run, in seconds (default 30); past it the client gets
+    /// DEADLINE_EXCEEDED naming this setting (see `deadline`). A client's shorter
+    /// `grpc-timeout` wins, enforced by tonic (CANCELLED "Timeout expired").
     pub request_timeout_secs: u64,
     /// Longest a client may take to complete the TLS handshake, in seconds (default 10).
     pub handshake_timeout_secs: u64,

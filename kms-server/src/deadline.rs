@@ -1,8 +1,10 @@
-//! Request deadlines: a call still running at the server's request timeout, or at the client's
-//! shorter `grpc-timeout`, is dropped and answered DEADLINE_EXCEEDED with the limit named.
+//! The server's request deadline: a call still running at `[limits] request_timeout_secs` is
+//! dropped and answered DEADLINE_EXCEEDED, naming the setting.
 //!
-//! tonic's own `Server::timeout` answers CANCELLED "Timeout expired", which the gRPC spec
-//! reserves for a call the client cancelled, and names neither limit.
+//! tonic's own `Server::timeout` would answer CANCELLED "Timeout expired", which names no
+//! limit. A client's `grpc-timeout` is left to tonic, which always enforces it (with that
+//! answer) in a layer outside this one: enforcing it here too would race tonic's timer for
+//! the same instant.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,91 +59,19 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let (limit, message) = match grpc_timeout(req.headers()) {
-            Some(client) if client < self.server => (
-                client,
-                format!(
-                    "deadline exceeded: the call ran past the client's grpc-timeout ({client:?})"
-                ),
-            ),
-            _ => (
-                self.server,
-                format!(
-                    "deadline exceeded: the call ran past the server's request timeout ({:?}, [limits] request_timeout_secs)",
-                    self.server
-                ),
-            ),
-        };
+        let limit = self.server;
         let call = self.inner.call(req);
         Box::pin(async move {
             match tokio::time::timeout(limit, call).await {
                 Ok(response) => response,
                 // Dropping the call here is what a client's RST_STREAM does too: a state
                 // change finishes in its own task and is audited; see audit_sink.
-                Err(_) => Ok(tonic::Status::deadline_exceeded(message).into_http()),
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "deadline exceeded: the call ran past the server's request timeout \
+                     ({limit:?}, [limits] request_timeout_secs)"
+                ))
+                .into_http()),
             }
         })
-    }
-}
-
-/// The `grpc-timeout` header (gRPC over HTTP/2: 1 to 8 ASCII digits and a unit, H M S m u n).
-///
-/// Returns None when it is absent or malformed; the server's timeout then applies alone.
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let digits = value.get(..value.len().checked_sub(1)?)?;
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    // At most 99,999,999: no overflow below.
-    let n: u64 = digits.parse().ok()?;
-    Some(match &value[digits.len()..] {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(v: &str) -> Option<Duration> {
-        let mut h = http::HeaderMap::new();
-        h.insert("grpc-timeout", http::HeaderValue::from_str(v).unwrap());
-        grpc_timeout(&h)
-    }
-
-    #[test]
-    fn grpc_timeout_units_and_malformed_values() {
-        assert_eq!(parse("1S"), Some(Duration::from_secs(1)));
-        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
-        assert_eq!(parse("3M"), Some(Duration::from_secs(180)));
-        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
-        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
-        assert_eq!(
-            parse("99999999H"),
-            Some(Duration::from_secs(99_999_999 * 3600))
-        );
-        for bad in [
-            "",
-            "S",
-            "1",
-            "1s",
-            "123456789S",
-            "-1S",
-            "1.5S",
-            "+1S",
-            " 1S",
-            "１S",
-        ] {
-            assert_eq!(parse(bad), None, "{bad:?}");
-        }
-        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
     }
 }
