@@ -33,6 +33,8 @@ pub struct OperatorService {
     authz: Arc<Authz>,
     health: HealthReporter,
     limiter: UnsealLimiter,
+    /// One backup at a time: each holds a copy of the whole store in memory until sent.
+    backups: Arc<tokio::sync::Semaphore>,
 }
 
 /// Invalid shares in a row from one address before it is locked out.
@@ -118,6 +120,7 @@ impl OperatorService {
             authz,
             health,
             limiter: UnsealLimiter::default(),
+            backups: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 
@@ -291,6 +294,11 @@ impl Operator for OperatorService {
     ) -> Result<Response<Self::BackupStream>, Status> {
         self.allow(&req, Op::Backup)?;
         self.keystore.check_unsealed()?;
+        let Ok(permit) = self.backups.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(
+                "a backup is already running: try again when it has ended",
+            ));
+        };
         let records = self
             .seal
             .backend()
@@ -298,7 +306,10 @@ impl Operator for OperatorService {
             .await
             .map_err(KmsError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(crate::backup::send(records, tx));
+        tokio::spawn(async move {
+            crate::backup::send(records, tx).await;
+            drop(permit);
+        });
         Ok(Response::new(BackupStream::new(rx)))
     }
 }
