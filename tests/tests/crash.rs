@@ -5,9 +5,9 @@
 //!
 //! Rounds: 20 by default; `KMS_CRASH_ROUNDS=200 cargo test -p kms-tests --test crash` for a
 //! long run. Each run prints its seed; `KMS_CRASH_SEED=<seed>` replays the same kill delays and
-//! the same choices of operations (the interleaving of the clients still depends on the
-//! scheduler, so a replay is close to, not exactly, the failing run). See
-//! `docs/crash-testing.md`.
+//! the same random draws of each client (what a client can do next also depends on how much
+//! was acknowledged before each kill, a matter of timing, so a replay follows the failing run
+//! closely, not exactly). See `docs/crash-testing.md`.
 
 // Test helpers panic on unexpected failure by design.
 #![allow(clippy::unwrap_used)]
@@ -895,7 +895,13 @@ async fn acknowledged_work_survives_sigkill() {
     });
     println!("crash test: {rounds} rounds, seed {seed} (replay: KMS_CRASH_SEED={seed})");
     let started = Instant::now();
-    let mut rng = Rng(seed);
+    // Each round draws from its own generator, so its kill delay and the clients' seeds do not
+    // depend on how much earlier rounds got done before their kills.
+    let round_rng = |round: u32| {
+        let mut r = Rng(seed ^ u64::from(round).wrapping_mul(0xd1b5_4a32_d192_ed03));
+        r.next();
+        r
+    };
     // Small audit files, so rotations happen under load and are crashed into too.
     let inst = Installation::with_config(&format!(
         "{FAST_LIFECYCLE}[audit]\nmax_bytes = {AUDIT_FILE_BYTES}\n"
@@ -913,7 +919,8 @@ async fn acknowledged_work_survives_sigkill() {
         if round > 1 {
             let seen = list_keys(&c).await;
             check_keys(round - 1, &mut owned, &pending, &seen);
-            let checked = check_cts(&c, &owned, Some(round - 1), &mut rng, &killed).await;
+            let mut sample = round_rng(round + 1_000_000);
+            let checked = check_cts(&c, &owned, Some(round - 1), &mut sample, &killed).await;
             check_policy(&other, owned[0].policy_gen).await;
             println!(
                 "  after restart: {} keys, {checked} ciphertexts decrypted as expected",
@@ -921,7 +928,7 @@ async fn acknowledged_work_survives_sigkill() {
             );
         }
         if round > rounds {
-            let checked = check_cts(&c, &owned, None, &mut rng, &killed).await;
+            let checked = check_cts(&c, &owned, None, &mut round_rng(0), &killed).await;
             println!("final: all {checked} acknowledged ciphertexts checked");
             let bench = list_keys(&c).await;
             assert!(bench.contains_key(BENCH_KEY), "kms-bench never ran");
@@ -929,6 +936,7 @@ async fn acknowledged_work_survives_sigkill() {
             break;
         }
 
+        let mut rng = round_rng(round);
         let delay = KILL_MIN_MS + rng.below(KILL_SPAN_MS);
         let log_len = std::fs::metadata(inst.root.path().join("audit.log"))
             .unwrap()
