@@ -8,20 +8,41 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 ///
 /// Guarantees: the bytes are wiped when the value is dropped; `Debug` never shows them;
 /// the only way to read them is [`Secret32::expose`], so every use is greppable.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct Secret32([u8; 32]);
+/// The bytes live in one heap allocation for the value's whole life: moving a `Secret32` moves
+/// a pointer, so no moved-from copy is left behind on a stack or in an async task's state,
+/// where nothing would wipe it (found by tests/tests/memory.rs).
+#[derive(Clone)]
+pub struct Secret32(Box<[u8; 32]>);
+
+impl Zeroize for Secret32 {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Drop for Secret32 {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Secret32 {}
 
 impl Secret32 {
-    /// Wraps bytes the caller already owns. The caller should zeroize its own copy.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(bytes)
+    /// Wraps bytes the caller already owns. The caller should zeroize its own copy; this
+    /// function wipes the copy it was passed.
+    pub fn from_bytes(mut bytes: [u8; 32]) -> Self {
+        let mut boxed = Box::new([0u8; 32]);
+        boxed.copy_from_slice(&bytes);
+        bytes.zeroize();
+        Self(boxed)
     }
 
-    /// Fresh bytes from the operating system's CSPRNG.
+    /// Fresh bytes from the operating system's CSPRNG, written straight to their heap home.
     pub fn random() -> Result<Self, crate::CryptoError> {
-        let mut bytes = [0u8; 32];
-        crate::fill_random(&mut bytes)?;
-        Ok(Self(bytes))
+        let mut boxed = Box::new([0u8; 32]);
+        crate::fill_random(&mut boxed[..])?;
+        Ok(Self(boxed))
     }
 
     /// The secret bytes. Callers must not copy them into non-zeroizing storage.
