@@ -459,7 +459,7 @@ async fn the_server_honours_the_client_grpc_timeout() {
 /// and while they wait, a real client is served.
 #[tokio::test]
 async fn silent_tcp_clients_are_dropped_and_do_not_block_others() {
-    let (_inst, server) = unsealed("[limits]\nhandshake_timeout_secs = 1\n").await;
+    let (_inst, server) = unsealed("[limits]\nhandshake_timeout_secs = 3\n").await;
     let mut silent = Vec::new();
     for _ in 0..50 {
         silent.push(TcpStream::connect(addr(&server)).await.unwrap());
@@ -481,7 +481,7 @@ async fn silent_tcp_clients_are_dropped_and_do_not_block_others() {
 /// handshake, not the gap between bytes.
 #[tokio::test]
 async fn a_client_trickling_its_handshake_is_disconnected() {
-    let (inst, server) = unsealed("[limits]\nhandshake_timeout_secs = 1\n").await;
+    let (inst, server) = unsealed("[limits]\nhandshake_timeout_secs = 3\n").await;
     let (mut rx, mut tx) = TcpStream::connect(addr(&server))
         .await
         .unwrap()
