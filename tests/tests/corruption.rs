@@ -661,3 +661,69 @@ async fn damaged_snapshot_is_detected_never_a_wrong_plaintext() {
     f.restore();
     assert_eq!(f.check("pristine").await, Outcome::Served);
 }
+
+/// An MFA enrolment record altered through the storage layer: the KMS still unseals; that
+/// principal's second factor is refused saying the enrolment is damaged and to restore (not
+/// "not enrolled"), and
+/// it cannot enrol again over the damaged record. [SNC 9.6: the second factor is not silently
+/// dropped or replaced; RègleVérificationUtilisabilité-1]
+#[tokio::test]
+async fn damaged_mfa_enrolment_fails_that_principal_only() {
+    let inst = Installation::new();
+    let policy = r#"
+[[rule]]
+id = "other-create-with-mfa"
+effect = "allow"
+principals = ["spiffe://kms.test/other"]
+operations = ["create"]
+keys = ["mfa/**"]
+mfa = true
+"#;
+    std::fs::write(inst.policies_dir().join("mfa.toml"), policy).unwrap();
+    let mut share = None;
+    let server = start_unsealed(&inst, &mut share).await;
+    let other = server.client_as(&inst.pki, "other").await;
+    other
+        .call(other.mfa().enroll(pb::EnrollMfaRequest {}))
+        .await
+        .unwrap();
+    drop(other);
+    server.kill();
+    {
+        let b = SledBackend::open(&inst.data_dir()).unwrap();
+        let records = b.list("mfa/").await.unwrap();
+        assert_eq!(records.len(), 1, "{records:?}");
+        flip_record(&b, &records[0]).await;
+    }
+    let server = start_unsealed(&inst, &mut share).await;
+    let other = server.client_as(&inst.pki, "other").await;
+    let req = pb::CreateKeyRequest {
+        name: "mfa/a".into(),
+        ..Default::default()
+    };
+    let c = other.with_totp("123456").unwrap();
+    let s = status_of(c.call(c.key_admin().create_key(req)).await.unwrap_err());
+    // The policy check reports the refused second factor as a denial, with MFA's reason.
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert!(
+        s.message().contains("is damaged in storage") && s.message().contains("restore"),
+        "{s:?}"
+    );
+    let again = other
+        .call(other.mfa().enroll(pb::EnrollMfaRequest {}))
+        .await;
+    let s = status_of(again.unwrap_err());
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
+    // Other principals are served: the operator still creates keys.
+    let c = server.client().await;
+    let req = pb::CreateKeyRequest {
+        name: "plain".into(),
+        ..Default::default()
+    };
+    c.call(c.key_admin().create_key(req)).await.unwrap();
+    drop((c, other));
+    server.kill();
+    let log = std::fs::read_to_string(inst.root.path().join("server.log")).unwrap();
+    assert_no_panic(&log, "mfa");
+    assert!(log.contains("MFA enrolment record is damaged"), "{log}");
+}
