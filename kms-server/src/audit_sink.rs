@@ -131,6 +131,9 @@ pub struct AuditSink {
     enabled: AtomicBool,
     /// Holds the context HMAC key while unsealed (set once the server is built).
     keystore: std::sync::OnceLock<Arc<crate::keystore::Keystore>>,
+    /// `NODE-START`, START being this process's start time (unix ms, hex), so request ids stay
+    /// unique across restarts of a node.
+    id_prefix: String,
     next_request: AtomicU64,
     writer: Mutex<Writer>,
     shared: Arc<Shared>,
@@ -218,6 +221,14 @@ impl AuditSink {
             policy: config.sync,
             enabled: AtomicBool::new(true),
             keystore: std::sync::OnceLock::new(),
+            id_prefix: format!(
+                "{}-{:x}",
+                config.node,
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0)
+            ),
             next_request: AtomicU64::new(0),
             writer: Mutex::new(Writer {
                 path: config.path.clone(),
@@ -391,7 +402,7 @@ impl AuditSink {
 
     fn request_id(&self) -> String {
         let n = self.next_request.fetch_add(1, Ordering::Relaxed) + 1;
-        format!("{}-{n}", self.node)
+        format!("{}-{n}", self.id_prefix)
     }
 }
 

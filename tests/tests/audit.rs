@@ -221,7 +221,8 @@ async fn unwritable_audit_log_fails_closed() {
 }
 
 /// A record is written before its response leaves: a data-plane call acknowledged just before
-/// the server is killed (SIGKILL) is in the log after the restart, and so is a state change.
+/// the server is killed (SIGKILL) is in the log after the restart, and so is a state change;
+/// request ids stay unique across the restart.
 /// [SNC 12.6: every security-relevant event is logged]
 #[tokio::test]
 async fn acknowledged_calls_are_recorded_when_the_server_is_killed() {
@@ -253,6 +254,20 @@ async fn acknowledged_calls_are_recorded_when_the_server_is_killed() {
         ]
     );
     assert!(verify(&inst).status.success());
+
+    // Request ids never repeat across restarts of the node, so one id names one call.
+    let server = start_unsealed(&inst, &mut share).await;
+    let c = server.client().await;
+    c.encrypt("killed", b"m".to_vec(), HashMap::new())
+        .await
+        .unwrap();
+    server.kill();
+    let ids: Vec<String> = records(&inst)
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "repeated request ids: {ids:?}");
 }
 
 /// A client cannot skip the audit by abandoning its calls: CreateKey calls with deadlines of
