@@ -43,6 +43,9 @@ pub enum StorageError {
     /// A restore found records in the store; nothing was written.
     #[error("{0}")]
     NotEmpty(String),
+    /// The store holds less than was acknowledged (see the sled backend's rollback check).
+    #[error("{0}")]
+    RolledBack(String),
 }
 
 /// An async key-value store. Every `put`/`delete` that returns `Ok` is durable: it survives a

@@ -16,6 +16,16 @@
 //! Snapshots (for backups) are consistent: every write holds a shared gate around its
 //! read-compare-swap, and a snapshot holds the gate exclusively while it copies the records, so
 //! it sees each write wholly or not at all. Neither holds the gate across a sync.
+//!
+//! Rollback check: sled's recovery stops at the first damaged log entry and silently drops it
+//! and every later one, so a flipped byte or a cut in `DIR/db` would bring back an older state
+//! (a revoked key valid again, keys gone). Every sync therefore also writes a generation
+//! number into sled (tree `kms-meta`, after every write it covers) and, once sled's sync has
+//! returned, into the file `DIR/kms-generation`. At open, a store whose generation is behind
+//! the file's lost acknowledged writes: the backend refuses to open it, saying so. The file is
+//! written without an fsync of its own, so after a power loss it may be behind the store (no
+//! false alarm, a weaker check), never ahead. It does not stop someone who replaces the whole
+//! directory with an older copy, file included; backups and the audit log are the answer there.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -35,8 +45,14 @@ struct Inner {
     data_file: File,
     /// Number of inserts made; an insert's ticket is the value after its increment.
     written: AtomicU64,
-    /// Highest ticket known durable. Guarded by the mutex so one thread syncs at a time.
-    synced: std::sync::Mutex<u64>,
+    /// Highest ticket known durable, and the store's generation. Guarded by the mutex so one
+    /// thread syncs at a time.
+    synced: std::sync::Mutex<Synced>,
+    /// sled's tree for the generation (kept out of the records' tree, so `list`, `snapshot`
+    /// and the emptiness check of `restore` never see it).
+    meta: sled::Tree,
+    /// `DIR/kms-generation`, rewritten after every sync.
+    generation_file: File,
     /// Set by the first failed sync; from then on every write is refused.
     failed: std::sync::atomic::AtomicBool,
     dir: PathBuf,
@@ -58,6 +74,16 @@ impl SledBackend {
         })?;
         let data_path: PathBuf = dir.join("db");
         let data_file = File::open(&data_path).map_err(|e| io_err(&data_path, e))?;
+        let meta = db.open_tree(META_TREE).map_err(sled_err)?;
+        let generation = check_generation(dir, &meta)?;
+        let generation_path = dir.join(GENERATION_FILE);
+        let generation_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&generation_path)
+            .map_err(|e| io_err(&generation_path, e))?;
+        write_generation(&generation_file, generation).map_err(|e| io_err(&generation_path, e))?;
         // Make the files sled may just have created durable in their folder.
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -67,7 +93,12 @@ impl SledBackend {
                 db,
                 data_file,
                 written: AtomicU64::new(0),
-                synced: std::sync::Mutex::new(0),
+                synced: std::sync::Mutex::new(Synced {
+                    through: 0,
+                    generation,
+                }),
+                meta,
+                generation_file,
                 failed: std::sync::atomic::AtomicBool::new(false),
                 dir: dir.to_path_buf(),
                 gate: Arc::new(tokio::sync::RwLock::new(())),
@@ -122,17 +153,30 @@ impl Inner {
             .lock()
             .map_err(|_| StorageError::Io("sync lock poisoned by an earlier panic".into()))?;
         self.check_healthy()?;
-        if *synced >= ticket {
+        if synced.through >= ticket {
             // A sync that started after our insert already completed.
             return Ok(());
         }
         let covering = self.written.load(Ordering::SeqCst);
-        if let Err(e) = self.flush_and_sync() {
+        // After every write it covers in sled's log: if this entry survives recovery, so did
+        // they.
+        let generation = synced.generation + 1;
+        let result = self
+            .meta
+            .insert(GENERATION_KEY, &generation.to_be_bytes())
+            .map_err(sled_err)
+            .and_then(|_| self.flush_and_sync())
+            .and_then(|()| {
+                write_generation(&self.generation_file, generation)
+                    .map_err(|e| io_err(&self.dir.join(GENERATION_FILE), e))
+            });
+        if let Err(e) = result {
             self.failed.store(true, Ordering::SeqCst);
             tracing::error!(error = %e, "storage sync failed; refusing further writes");
             return Err(e);
         }
-        *synced = covering;
+        synced.through = covering;
+        synced.generation = generation;
         Ok(())
     }
 
@@ -180,6 +224,79 @@ fn sync_blobs(dir: &Path) -> Result<(), StorageError> {
             .map_err(|e| io_err(dir, e))?;
     }
     Ok(())
+}
+
+struct Synced {
+    through: u64,
+    generation: u64,
+}
+
+const META_TREE: &str = "kms-meta";
+const GENERATION_KEY: &str = "generation";
+const GENERATION_FILE: &str = "kms-generation";
+
+/// The file's form: the generation (u64 BE) and its bitwise complement, so a damaged file is
+/// told from a real number.
+fn write_generation(file: &File, generation: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&generation.to_be_bytes());
+    b[8..].copy_from_slice(&(!generation).to_be_bytes());
+    file.write_all_at(&b, 0)
+}
+
+/// The store's generation, after checking it is not behind `DIR/kms-generation` (see the
+/// module documentation). A missing or damaged file skips the check, with a warning.
+fn check_generation(dir: &Path, meta: &sled::Tree) -> Result<u64, StorageError> {
+    let stored = match meta.get(GENERATION_KEY).map_err(sled_err)? {
+        None => 0,
+        Some(v) => {
+            let b: [u8; 8] = v
+                .as_ref()
+                .try_into()
+                .map_err(|_| StorageError::Corrupt(format!("{META_TREE}/{GENERATION_KEY}")))?;
+            u64::from_be_bytes(b)
+        }
+    };
+    let path = dir.join(GENERATION_FILE);
+    let recorded = match std::fs::read(&path) {
+        Ok(b) if b.len() == 16 => {
+            let (n, not_n) = b.split_at(8);
+            let n = u64::from_be_bytes(n.try_into().unwrap_or_default());
+            let not_n = u64::from_be_bytes(not_n.try_into().unwrap_or_default());
+            (n == !not_n).then_some(n)
+        }
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if stored > 0 {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the rollback check file is missing: the store's state cannot be checked this time; it is written again now"
+                );
+            }
+            return Ok(stored);
+        }
+        Err(e) => return Err(io_err(&path, e)),
+    };
+    match recorded {
+        None => {
+            tracing::warn!(
+                file = %path.display(),
+                "the rollback check file is damaged: the store's state cannot be checked this time; it is written again now"
+            );
+            Ok(stored)
+        }
+        Some(recorded) if stored < recorded => Err(StorageError::RolledBack(format!(
+            "the sled store in {} was rolled back: it holds writes up to generation {stored}, \
+             but generation {recorded} was acknowledged, so acknowledged changes (keys, \
+             rotations, revocations) are missing. Files of the data directory were damaged or \
+             replaced by an older copy. Restore from backup (docs/corruption.md); to serve the \
+             older state knowingly, delete {}",
+            dir.display(),
+            path.display()
+        ))),
+        Some(_) => Ok(stored),
+    }
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> StorageError {
@@ -374,6 +491,63 @@ mod tests {
         }
         let b = SledBackend::open(dir.path()).unwrap();
         assert_eq!(b.get("k").await.unwrap().unwrap().value, b"v");
+    }
+
+    fn copy_files(from: &Path, to: &Path, skip: &str) {
+        for e in std::fs::read_dir(from).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() && p.file_name().unwrap() != skip {
+                std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+
+    /// A store older than its generation file (acknowledged writes lost, as sled's recovery
+    /// does after a damaged log entry) is refused at open, naming the way out; without the
+    /// file, or with a damaged one, it opens (the check is skipped, with a warning).
+    #[tokio::test]
+    async fn a_rolled_back_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        {
+            let b = SledBackend::open(&data).unwrap();
+            b.put("a", b"1".to_vec(), Expect::Absent).await.unwrap();
+        }
+        copy_files(&data, old.path(), GENERATION_FILE);
+        {
+            let b = SledBackend::open(&data).unwrap();
+            b.put("b", b"2".to_vec(), Expect::Absent).await.unwrap();
+        }
+        // Reopening the whole store is fine.
+        drop(SledBackend::open(&data).unwrap());
+        // The older sled files under the newer generation file: refused.
+        for e in std::fs::read_dir(&data).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap() != GENERATION_FILE {
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p).unwrap();
+                } else {
+                    std::fs::remove_file(&p).unwrap();
+                }
+            }
+        }
+        copy_files(old.path(), &data, GENERATION_FILE);
+        let e = SledBackend::open(&data)
+            .err()
+            .expect("a rolled-back store opened");
+        assert!(matches!(e, StorageError::RolledBack(_)), "{e}");
+        assert!(e.to_string().contains("rolled back"), "{e}");
+        // A damaged file skips the check; so does a deleted one (the operator's way out).
+        std::fs::write(data.join(GENERATION_FILE), [0xffu8; 16]).unwrap();
+        drop(SledBackend::open(&data).unwrap());
+        copy_files(old.path(), &data, GENERATION_FILE);
+        std::fs::remove_file(data.join(GENERATION_FILE)).unwrap();
+        let b = SledBackend::open(&data).unwrap();
+        assert_eq!(b.get("a").await.unwrap().unwrap().value, b"1");
+        assert_eq!(b.get("b").await.unwrap(), None);
+        // The generation is kept out of the records.
+        assert_eq!(b.list("").await.unwrap(), vec!["a"]);
     }
 
     /// `restore` keeps versions, so compare-and-set goes on from where the backup left off;
