@@ -580,9 +580,21 @@ impl Keystore {
         // can fail between the commit and the cache update.
         let wanted = cached_versions(&meta);
         material.retain(|v, _| wanted.contains(v));
+        // A damaged version stays unreadable, as at load; it must not block changes to the
+        // key's other versions (e.g. revoking a compromised one).
+        let mut damaged = BTreeMap::new();
         for v in wanted {
             if let std::collections::btree_map::Entry::Vacant(slot) = material.entry(v) {
-                slot.insert(self.read_material(&keyring, &meta, v).await?);
+                match self.read_material(&keyring, &meta, v).await {
+                    Ok(m) => {
+                        slot.insert(m);
+                    }
+                    Err(KmsError::DataLoss(why)) => {
+                        tracing::error!(key = %meta.name, version = v, error = %why, "key material record is damaged; that version is unreadable");
+                        damaged.insert(v, why);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         let record_version = self
@@ -595,7 +607,7 @@ impl Keystore {
                 meta: meta.clone(),
                 record_version,
                 material,
-                damaged: BTreeMap::new(),
+                damaged,
             },
         );
         if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {

@@ -727,3 +727,75 @@ mfa = true
     assert_no_panic(&log, "mfa");
     assert!(log.contains("MFA enrolment record is damaged"), "{log}");
 }
+
+/// A key with one damaged version can still be changed: the damaged version stays unreadable
+/// (DATA_LOSS) but does not block a revocation of another version, a rotation or a disable and
+/// enable. (Before, every change re-read the damaged record and failed, so a compromised
+/// version of such a key could not be revoked and its scheduled rotation never ran.)
+#[tokio::test]
+async fn a_damaged_version_does_not_block_changes_to_its_key() {
+    let inst = Installation::new();
+    let (share, acks) = populate(&inst, 2).await;
+    let key = "corrupt/k1";
+    let id = key_id_of(&acks.iter().find(|a| a.key == key).unwrap().ciphertext);
+    {
+        let b = SledBackend::open(&inst.data_dir()).unwrap();
+        flip_record(&b, &format!("keys/{id}/v/{:010}", 1)).await;
+    }
+    let Start::Up(running) = start(&inst) else {
+        panic!("refused to start");
+    };
+    let c = connect(&inst, &running).await;
+    assert!(!bounded(c.unseal(&share)).await.unwrap().sealed);
+    c.call(
+        c.key_admin()
+            .revoke_key_version(pb::RevokeKeyVersionRequest {
+                name: key.into(),
+                version: 2,
+                reason: pb::RevocationReason::Compromised as i32,
+            }),
+    )
+    .await
+    .expect("revoking an intact version of a key with a damaged version");
+    c.call(
+        c.key_admin()
+            .rotate_key(pb::RotateKeyRequest { name: key.into() }),
+    )
+    .await
+    .expect("rotating a key with a damaged version");
+    c.call(
+        c.key_admin()
+            .disable_key(pb::KeyNameRequest { name: key.into() }),
+    )
+    .await
+    .unwrap();
+    c.call(
+        c.key_admin()
+            .enable_key(pb::KeyNameRequest { name: key.into() }),
+    )
+    .await
+    .expect("enabling a key with a damaged version");
+    let e = c.encrypt(key, b"after".to_vec(), ctx(key)).await.unwrap();
+    assert_eq!(
+        c.decrypt(e.ciphertext, ctx(key)).await.unwrap().plaintext,
+        b"after"
+    );
+    for a in acks.iter().filter(|a| a.key == key) {
+        let s = status_of(
+            c.decrypt(a.ciphertext.clone(), a.context.clone())
+                .await
+                .unwrap_err(),
+        );
+        // Version 1 is damaged, version 2 revoked: neither decrypts, neither silently.
+        assert!(
+            matches!(s.code(), Code::DataLoss | Code::FailedPrecondition),
+            "{s:?}"
+        );
+    }
+    drop(c);
+    drop(running);
+    assert_no_panic(
+        &std::fs::read_to_string(log_path(&inst)).unwrap(),
+        "version",
+    );
+}
