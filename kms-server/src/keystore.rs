@@ -272,6 +272,24 @@ impl Keystore {
             write(&cache.by_name).insert(cached.meta.name.clone(), cached.clone());
             write(&cache.by_id).insert(cached.meta.id, cached);
         }
+        // Material of a key id with no metadata record at all: a create interrupted before its
+        // metadata committed leaves version 1 only. A later version proves the key existed and
+        // its metadata record was lost: damage, not an orphan, so it is kept and creation is
+        // refused, as for damaged metadata (a name must never be reused).
+        for path in &paths {
+            if let Some((id, v)) = parse_material_path(path)
+                && v > 1
+                && !read(&cache.by_id).contains_key(&id)
+                && !cache.damaged_ids.contains_key(&id)
+            {
+                let why = format!(
+                    "its metadata record is missing, yet material of version {v} is stored"
+                );
+                tracing::error!(key_id = %id, error = %why, "key metadata record is missing; that key is unreadable");
+                cache.damaged_ids.insert(id, why.clone());
+                cache.damaged_meta.push((meta_path(&id), why));
+            }
+        }
         // Material no acknowledged key version owns (a create or rotation interrupted before
         // its metadata committed) is erased, so it can neither block a rotation nor outlive it.
         // Material of a key whose metadata is damaged is kept: it may be all that is left of it.
