@@ -408,6 +408,30 @@ async fn flipped_bytes_are_detected_never_a_wrong_plaintext() {
         results.len() >= 2,
         "every flip gave one outcome: {results:?}"
     );
+    assert_no_silent_rollback(&results, "db@");
+}
+
+/// sled drops a damaged log entry and every later one without a word; the rollback check
+/// (`kms-generation`, see kms-server/src/storage/sled.rs) turns that into a refusal to start.
+/// So damage to the log `db` is refused or harmless (everything served), never an older
+/// state served as if current (fewer keys, "not initialised"); and at least one case is
+/// refused as a rollback, so the check is exercised.
+fn assert_no_silent_rollback(results: &BTreeMap<Outcome, Vec<String>>, db_case: &str) {
+    let mut rolled_back = 0;
+    for (outcome, cases) in results {
+        for case in cases.iter().filter(|c| c.starts_with(db_case)) {
+            match outcome {
+                Outcome::Served => {}
+                Outcome::RefusedToStart(m) if m.contains("rolled back") => rolled_back += 1,
+                Outcome::RefusedToStart(_) => {}
+                other => panic!("{case}: the older state was served: {other:?}"),
+            }
+        }
+    }
+    assert!(
+        rolled_back > 0,
+        "no damage to the log was refused as a rollback: {results:?}"
+    );
 }
 
 /// Files truncated at several lengths, and each file deleted: the same guarantees as for flips.
@@ -442,6 +466,7 @@ async fn truncated_or_deleted_files_are_detected_never_a_wrong_plaintext() {
     // Cutting the log's last byte loses at most its last entries; cutting it to nothing loses
     // everything: at least two outcomes, or the damage did not reach the server.
     assert!(results.len() >= 2, "{results:?}");
+    assert_no_silent_rollback(&results, "db ");
 }
 
 /// The key id a ciphertext names (its header), as it appears in storage paths.
