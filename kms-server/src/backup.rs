@@ -20,6 +20,9 @@ use crate::{Config, StorageConfig};
 /// Bytes per streamed message: well under gRPC's default 4 MiB message limit.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
+/// Longest the client may take to accept one chunk before the backup is stopped.
+const CHUNK_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Encodes `records` as a backup file and sends it in chunks of at most [`CHUNK_BYTES`] until
 /// done or the receiver goes away (the client cancelled). A failure is sent as the stream's
 /// last item, so the client never mistakes a cut stream for a whole file (the checksum would
@@ -89,8 +92,18 @@ async fn flush(
             records_total: total,
             records_sent: sent,
         };
-        if tx.send(Ok(chunk)).await.is_err() {
-            return false;
+        // A client that stops reading would otherwise hold the one backup slot, and the copy
+        // of the store, for as long as its connection lives.
+        match tokio::time::timeout(CHUNK_SEND_TIMEOUT, tx.send(Ok(chunk))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                tracing::warn!(
+                    "backup stopped: the client read nothing for {} s",
+                    CHUNK_SEND_TIMEOUT.as_secs()
+                );
+                return false;
+            }
         }
     }
     true

@@ -66,9 +66,14 @@ impl SledBackend {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        let db = sled::Config::new().path(dir).open().map_err(|e| {
+        let db = open_db(dir).map_err(|e| {
+            let hint = if is_locked(&e) {
+                ": another process (a running kms-server?) has it open"
+            } else {
+                ""
+            };
             StorageError::Io(format!(
-                "cannot open sled database in {}: {e}",
+                "cannot open sled database in {}: {e}{hint}",
                 dir.display()
             ))
         })?;
@@ -224,6 +229,26 @@ fn sync_blobs(dir: &Path) -> Result<(), StorageError> {
             .map_err(|e| io_err(dir, e))?;
     }
     Ok(())
+}
+
+/// Opens sled, waiting up to 2 s while its file lock is held: sled's background threads can
+/// hold it for a moment after the `Db` of the same process is dropped (seen as a failed
+/// reopen in tests). A lock held by another process still fails, after the wait.
+fn open_db(dir: &Path) -> sled::Result<sled::Db> {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(e) if is_locked(&e) && std::time::Instant::now() < give_up => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// sled 0.34 reports a held lock only in its message (`ErrorKind::Other`).
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 struct Synced {
