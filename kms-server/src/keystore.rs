@@ -234,7 +234,15 @@ impl Keystore {
             if !path.ends_with("/meta") {
                 continue;
             }
-            let (meta, record_version) = match read_meta(backend.as_ref(), &keyring, path).await {
+            // A read that fails (I/O) fails the load, as a storage error: only a record that was
+            // read and does not open is damage.
+            let read = match backend.get(path).await {
+                Ok(Some(rec)) => open_meta(&keyring, path, rec),
+                Ok(None) => Err("it vanished during load".to_string()),
+                Err(crate::storage::StorageError::Corrupt(_)) => Err("it is corrupt".to_string()),
+                Err(e) => return Err(e.into()),
+            };
+            let (meta, record_version) = match read {
                 Ok(v) => v,
                 Err(why) => {
                     tracing::error!(%path, error = %why, "key metadata record is damaged; that key is unreadable");
@@ -256,10 +264,11 @@ impl Keystore {
                     Ok(m) => {
                         material.insert(v, m);
                     }
-                    Err(e) => {
+                    Err(e @ KmsError::DataLoss(_)) => {
                         tracing::error!(key = %meta.name, version = v, error = %e, "key material record is damaged; that version is unreadable");
                         damaged.insert(v, e.to_string());
                     }
+                    Err(e) => return Err(e),
                 }
             }
             let cached = Arc::new(CachedKey {
@@ -872,17 +881,12 @@ fn parse_meta_path(path: &str) -> Option<KeyId> {
         .ok()
 }
 
-/// Reads and opens one metadata record; the error says why it is unreadable.
-async fn read_meta(
-    backend: &dyn crate::storage::Backend,
+/// Opens one metadata record read from `path`; the error says why it is unreadable.
+fn open_meta(
     keyring: &Keyring,
     path: &str,
+    rec: crate::storage::Versioned,
 ) -> Result<(KeyMeta, u64), String> {
-    let rec = backend
-        .get(path)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "it vanished during load".to_string())?;
     let plain = keyring
         .open(path, &rec.value)
         .map_err(|e| format!("failed its integrity check ({e})"))?;
