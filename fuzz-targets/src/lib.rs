@@ -3,7 +3,8 @@
 //! Each `run(data)` feeds `data` to the parser and panics if a property fails: not only "no
 //! panic inside the parser" but what the parser promises (a ciphertext or envelope file never
 //! opens to a plaintext that was not sealed; a parsed share or commitment set re-encodes to its
-//! input; a policy set decides as its rules say; a verified audit log resumes to its own head).
+//! input; a policy set decides as its rules say; a verified audit log resumes to its own head; an accepted backup file re-encodes to
+//! itself).
 //! It returns whether the input was accepted, so the corpus replay can also check that the
 //! valid seeds still pass.
 //!
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod backup;
 pub mod ciphertext;
 pub mod envelope;
 pub mod policy;
@@ -26,12 +28,13 @@ pub mod shares;
 pub type Body = fn(&[u8]) -> bool;
 
 /// Every target: its name (the `fuzz/` binary and the `fuzz/corpus/` folder) and its body.
-pub const TARGETS: [(&str, Body); 5] = [
+pub const TARGETS: [(&str, Body); 6] = [
     ("ciphertext", ciphertext::run),
     ("shares", shares::run),
     ("policy", policy::run),
     ("envelope", envelope::run),
     ("audit", audit::run),
+    ("backup", backup::run),
 ];
 
 /// The plaintext every seed of the ciphertext and envelope corpora seals: `pattern(n)` for

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use kms_core::audit::{Chain, Record};
 use kms_core::shares;
-use kms_fuzz_targets::{TARGETS, ciphertext, envelope};
+use kms_fuzz_targets::{TARGETS, backup, ciphertext, envelope};
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -81,7 +81,7 @@ fn single_byte_changes_and_truncations_of_valid_seeds_are_refused() {
     for (name, body) in TARGETS {
         // A changed policy, share text or audit line may still be valid (a changed rule id, a
         // torn line): only the cryptographically bound formats must refuse every change.
-        let bound = matches!(name, "ciphertext" | "envelope");
+        let bound = matches!(name, "ciphertext" | "envelope" | "backup");
         for path in files(&corpus_dir(name)) {
             if !path
                 .file_name()
@@ -115,6 +115,42 @@ fn single_byte_changes_and_truncations_of_valid_seeds_are_refused() {
             }
         }
     }
+}
+
+/// The backup seeds alone (deterministic), so adding them rewrites no other corpus.
+#[test]
+#[ignore = "writes fuzz/corpus/backup; run by hand after a format change"]
+fn regenerate_backup_seeds() {
+    write_backup_seeds();
+}
+
+fn write_backup_seeds() {
+    use kms_core::backup::{Header, Record};
+    let header = |records| Header {
+        created_unix: 1_764_547_200,
+        server_version: "0.1.0".into(),
+        records,
+    };
+    write("backup", "valid-empty", &backup::encode(&header(0), &[]));
+    let records: Vec<Record> = [
+        "core/seal",
+        "keys/0a/meta",
+        "keys/0a/v/1",
+        "sys/installation",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, k)| Record {
+        key: (*k).to_string(),
+        version: i as u64 + 1,
+        value: kms_fuzz_targets::pattern(16 * i),
+    })
+    .collect();
+    write(
+        "backup",
+        "valid-four",
+        &backup::encode(&header(4), &records),
+    );
 }
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -241,6 +277,7 @@ fn regenerate_seed_corpus() {
     let torn = format!("{three}{}", &lines[0][..40]);
     write("audit", "valid-torn-last-line", torn.as_bytes());
     write("audit", "valid-one-without-newline", lines[0].as_bytes());
+    write_backup_seeds();
 
     // Every seed written must be accepted by its body.
     every_target_passes_its_corpus();
