@@ -38,6 +38,17 @@ impl Secret32 {
         Self(boxed)
     }
 
+    /// Copies exactly 32 bytes straight to their heap home (no stack copy left behind);
+    /// `None` for any other length.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 32 {
+            return None;
+        }
+        let mut boxed = Box::new([0u8; 32]);
+        boxed.copy_from_slice(bytes);
+        Some(Self(boxed))
+    }
+
     /// Fresh bytes from the operating system's CSPRNG, written straight to their heap home.
     pub fn random() -> Result<Self, crate::CryptoError> {
         let mut boxed = Box::new([0u8; 32]);
@@ -72,6 +83,14 @@ mod tests {
         let shown = format!("{s:?}");
         assert!(!shown.to_lowercase().contains("ab"), "{shown}");
         assert!(!shown.contains("171"), "{shown}");
+    }
+
+    #[test]
+    fn from_slice_takes_exactly_32_bytes() {
+        assert!(Secret32::from_slice(&[7; 31]).is_none());
+        assert!(Secret32::from_slice(&[7; 33]).is_none());
+        let s = Secret32::from_slice(&[7; 32]).unwrap();
+        assert_eq!(s.expose(), &[7; 32]);
     }
 
     #[test]

@@ -910,8 +910,6 @@ fn no_material(key: &CachedKey, version: u32) -> KmsError {
 }
 
 fn to_secret(bytes: &[u8]) -> Result<Secret32, KmsError> {
-    let arr: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| KmsError::Internal("stored key material has the wrong length".into()))?;
-    Ok(Secret32::from_bytes(arr))
+    Secret32::from_slice(bytes)
+        .ok_or_else(|| KmsError::Internal("stored key material has the wrong length".into()))
 }

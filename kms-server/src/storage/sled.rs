@@ -89,10 +89,16 @@ impl SledBackend {
             .open(&generation_path)
             .map_err(|e| io_err(&generation_path, e))?;
         write_generation(&generation_file, generation).map_err(|e| io_err(&generation_path, e))?;
-        // Make the files sled may just have created durable in their folder.
+        // Make the files sled may just have created durable in their folder, and the folder
+        // (perhaps just created, e.g. by a restore) in its parent.
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err(dir, e))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err(parent, e))?;
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
