@@ -1028,7 +1028,9 @@ where
                     version: None,
                     outcome: "error".into(),
                     code: code_name(tonic::Code::Cancelled).into(),
-                    error: Some("the client cancelled the call".into()),
+                    error: Some(
+                        "the call was dropped before it completed: the client cancelled it or the server deadline passed".into(),
+                    ),
                     context_hmac: Default::default(),
                     prev: GENESIS_PREV.to_string(),
                 },
