@@ -367,3 +367,21 @@ impl Server {
             .unwrap()
     }
 }
+
+/// Copies the folder `from` to `to` recursively, replacing `to` if it exists (data directories,
+/// for tests that damage or read a copy).
+pub fn copy_dir(from: &Path, to: &Path) {
+    if to.exists() {
+        std::fs::remove_dir_all(to).unwrap();
+    }
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 use kms_client::proto as pb;
 use kms_client::{Client, ClientError, ConnectOptions};
 use kms_server::storage::{Backend, Expect, SledBackend};
-use kms_tests::{Installation, bin, start_unsealed};
+use kms_tests::{Installation, bin, copy_dir, start_unsealed};
 use tonic::Code;
 
 /// Generous bound for a start or a call; only a hang reaches it.
@@ -272,22 +272,6 @@ fn assert_clear(s: &tonic::Status, case: &str) {
         "{case}: unclear status {s:?}"
     );
     assert!(s.message().len() > 10, "{case}: terse message {s:?}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    if to.exists() {
-        std::fs::remove_dir_all(to).unwrap();
-    }
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
 }
 
 /// The data directory's files (relative names), sorted.

@@ -15,7 +15,7 @@ use kms_client::proto as pb;
 use kms_core::barrier::{Keyring, RootKey};
 use kms_core::shares::{self, Commitments, Share};
 use kms_server::storage::{Backend, SledBackend};
-use kms_tests::{Installation, start_unsealed};
+use kms_tests::{Installation, copy_dir, start_unsealed};
 
 /// The writable mappings of `pid` (heap, stacks, anonymous maps, the binary's data): where a
 /// secret computed at run time can be. Read-only mappings (code, constants) cannot hold one.
@@ -99,19 +99,6 @@ fn occurrences(dump: &[(String, Vec<u8>)], needle: &[u8]) -> Vec<(String, [u8; 2
 /// The mappings of `dump` that contain `needle`.
 fn found_in(dump: &[(String, Vec<u8>)], needle: &[u8]) -> Vec<String> {
     scan(dump, &[needle]).remove(0)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
 }
 
 /// Every secret of the installation, recovered offline from a copy of its data directory and
