@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use kms_client::{Client, ConnectOptions};
 use kms_server::pki::{self, ClientSpec};
+use rustls_pki_types::pem::PemObject;
 
 /// Path of a workspace binary. `cargo test --workspace` builds them next to the test's `deps/`.
 pub fn bin(name: &str) -> PathBuf {
@@ -384,4 +385,31 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(&p, &dest).unwrap();
         }
     }
+}
+
+/// A rustls client configuration for raw TLS tests: the installation's CA, the `client`
+/// certificate, the given TLS versions, ALPN h2.
+pub fn rustls_client(
+    inst: &Installation,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(inst.pki.ca()).unwrap())
+        .unwrap();
+    let c = inst.pki.client("client");
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&c.cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&c.key).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    cfg
 }

@@ -15,8 +15,7 @@ use std::time::Duration;
 use kms_client::proto as pb;
 use kms_client::{Client, ClientError};
 use kms_tests::{Installation, Server, bin, start_unsealed};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -52,25 +51,7 @@ fn addr(server: &Server) -> String {
 
 /// The test client's rustls configuration (client certificate, the installation's CA, h2).
 fn tls_config(inst: &Installation) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(inst.pki.ca()).unwrap())
-        .unwrap();
-    let c = inst.pki.client("client");
-    let certs: Vec<_> = CertificateDer::pem_file_iter(&c.cert)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&c.key).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(cfg)
+    Arc::new(kms_tests::rustls_client(inst, &[&rustls::version::TLS13]))
 }
 
 /// A raw mTLS connection with the handshake done, nothing else sent.

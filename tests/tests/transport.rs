@@ -6,9 +6,8 @@
 
 use std::sync::Arc;
 
-use kms_tests::{Installation, Pki, Server, init, unseal_with};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use kms_tests::{Installation, Pki, Server, init, rustls_client, unseal_with};
+use rustls_pki_types::ServerName;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -118,31 +117,6 @@ async fn revoked_client_certificate_is_refused() {
         )
         .await
     );
-}
-
-fn rustls_client(
-    inst: &Installation,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(inst.pki.ca()).unwrap())
-        .unwrap();
-    let c = inst.pki.client("client");
-    let certs: Vec<_> = CertificateDer::pem_file_iter(&c.cert)
-        .unwrap()
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(&c.key).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .unwrap();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    cfg
 }
 
 async fn handshake(
