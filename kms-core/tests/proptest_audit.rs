@@ -10,12 +10,10 @@
 use kms_core::audit::{self, Chain, Record, VerifyError};
 use proptest::prelude::*;
 
+mod common;
+
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(64);
-    ProptestConfig::with_cases(cases)
+    common::config(64)
 }
 
 /// Any record: any text in every field (quotes, backslashes, control characters, any

@@ -11,12 +11,10 @@
 use kms_core::backup::{BackupError, Encoder, Header, MAGIC, Verified, read_all};
 use proptest::prelude::*;
 
+mod common;
+
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(64);
-    ProptestConfig::with_cases(cases)
+    common::config(64)
 }
 
 /// Distinct keys (any Unicode), versions ≥ 1, values of any bytes (empty included).

@@ -11,12 +11,10 @@ use kms_core::Secret32;
 use kms_core::ciphertext::{self, CiphertextError, EncryptionContext, Header, KeyId, OVERHEAD};
 use proptest::prelude::*;
 
+mod common;
+
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(64);
-    ProptestConfig::with_cases(cases)
+    common::config(64)
 }
 
 /// Context entries within every limit of `EncryptionContext::new`: non-empty keys without

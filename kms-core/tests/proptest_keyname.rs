@@ -9,12 +9,10 @@
 use kms_core::keyname::{KeyId, KeyName, MAX_KEY_NAME};
 use proptest::prelude::*;
 
+mod common;
+
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256);
-    ProptestConfig::with_cases(cases)
+    common::config(256)
 }
 
 /// A valid name: 1 to 6 segments of `[a-z0-9._-]`, none `.` or `..`, within the length limit.

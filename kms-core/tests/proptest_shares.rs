@@ -12,12 +12,10 @@ use std::str::FromStr;
 use kms_core::shares::{self, Commitments, Share};
 use proptest::prelude::*;
 
+mod common;
+
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(16);
-    ProptestConfig::with_cases(cases)
+    common::config(16)
 }
 
 /// (n, t) with 1 <= t <= n <= 6 and t >= 2 unless n == 1, as `split` requires.

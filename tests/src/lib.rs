@@ -318,6 +318,17 @@ operations = ["encrypt", "decrypt", "reencrypt", "generate-data-key", "generate-
 keys = ["**"]
 "#;
 
+/// Lets `other` create keys under `mfa/` only with a TOTP code (MFA tests).
+pub const MFA_POLICY: &str = r#"
+[[rule]]
+id = "other-create-with-mfa"
+effect = "allow"
+principals = ["spiffe://kms.test/other"]
+operations = ["create"]
+keys = ["mfa/**"]
+mfa = true
+"#;
+
 /// Test settings for the key lifecycle: zero-day deletion allowed, scheduler every second.
 pub const FAST_LIFECYCLE: &str =
     "[keys]\nmin_deletion_waiting_days = 0\nscheduler_interval_secs = 1\n";

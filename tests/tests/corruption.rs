@@ -679,16 +679,7 @@ async fn damaged_snapshot_is_detected_never_a_wrong_plaintext() {
 #[tokio::test]
 async fn damaged_mfa_enrolment_fails_that_principal_only() {
     let inst = Installation::new();
-    let policy = r#"
-[[rule]]
-id = "other-create-with-mfa"
-effect = "allow"
-principals = ["spiffe://kms.test/other"]
-operations = ["create"]
-keys = ["mfa/**"]
-mfa = true
-"#;
-    std::fs::write(inst.policies_dir().join("mfa.toml"), policy).unwrap();
+    std::fs::write(inst.policies_dir().join("mfa.toml"), kms_tests::MFA_POLICY).unwrap();
     let mut share = None;
     let server = start_unsealed(&inst, &mut share).await;
     let other = server.client_as(&inst.pki, "other").await;

@@ -996,6 +996,16 @@ async fn acknowledged_work_survives_sigkill() {
     );
 }
 
+/// Creates an encrypt-decrypt key, which must succeed.
+async fn create_key(c: &kms_client::Client, name: &str) {
+    let req = pb::CreateKeyRequest {
+        name: name.into(),
+        purpose: pb::KeyPurpose::EncryptDecrypt as i32,
+        ..Default::default()
+    };
+    c.call(c.key_admin().create_key(req)).await.unwrap();
+}
+
 /// A record write cut short by a crash, as a power loss can leave it (SIGKILL almost never
 /// tears a write, so the loop above rarely sees one): after a SIGKILL, the log ends with the
 /// first half of a next record, without its newline. `kms-cli audit verify` succeeds and
@@ -1009,12 +1019,7 @@ async fn a_torn_audit_line_is_reported_then_cut() {
     let mut share = None;
     let server = start_unsealed(&inst, &mut share).await;
     let c = server.client().await;
-    let req = pb::CreateKeyRequest {
-        name: "crash/torn".into(),
-        purpose: pb::KeyPurpose::EncryptDecrypt as i32,
-        ..Default::default()
-    };
-    c.call(c.key_admin().create_key(req)).await.unwrap();
+    create_key(&c, "crash/torn").await;
     let secret = b"acknowledged before the crash".to_vec();
     let ct = c
         .encrypt("crash/torn", secret.clone(), HashMap::new())
@@ -1066,12 +1071,7 @@ async fn a_torn_line_cut_inside_a_character_is_cut_too() {
     let mut share = None;
     let server = start_unsealed(&inst, &mut share).await;
     let c = server.client().await;
-    let req = pb::CreateKeyRequest {
-        name: "crash/utf8".into(),
-        purpose: pb::KeyPurpose::EncryptDecrypt as i32,
-        ..Default::default()
-    };
-    c.call(c.key_admin().create_key(req)).await.unwrap();
+    create_key(&c, "crash/utf8").await;
     let context = HashMap::from([("clé".to_string(), "v".to_string())]);
     let ct = c
         .encrypt("crash/utf8", b"x".to_vec(), context.clone())

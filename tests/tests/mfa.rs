@@ -5,18 +5,8 @@
 
 use kms_client::proto as pb;
 use kms_client::{Client, ClientError};
-use kms_tests::{Installation, start_unsealed};
+use kms_tests::{Installation, MFA_POLICY, start_unsealed};
 use tonic::Code;
-
-const MFA_POLICY: &str = r#"
-[[rule]]
-id = "other-create-with-mfa"
-effect = "allow"
-principals = ["spiffe://kms.test/other"]
-operations = ["create"]
-keys = ["mfa/**"]
-mfa = true
-"#;
 
 fn base32_decode(s: &str) -> Vec<u8> {
     let (mut buf, mut bits, mut out) = (0u32, 0u32, Vec::new());
