@@ -424,3 +424,34 @@ pub fn rustls_client(
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     cfg
 }
+
+/// An installation's secrets, recovered offline from its stored seal record and `shares`
+/// (tests that search disks or memory for them).
+pub struct Recovered {
+    pub root_secret: kms_core::Secret32,
+    pub root_key: kms_core::barrier::RootKey,
+    pub keyring: kms_core::barrier::Keyring,
+}
+
+/// Recovers the root secret, root key and keyring from `backend` (a stopped server's data
+/// directory) and enough of its shares.
+pub async fn recover_offline(
+    backend: &kms_server::storage::SledBackend,
+    shares: &[String],
+) -> Recovered {
+    use kms_core::shares::{Commitments, Share};
+    use kms_server::storage::Backend;
+    let seal = backend.get("core/seal").await.unwrap().unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&seal.value).unwrap();
+    let field = |name: &str| hex::decode(record[name].as_str().unwrap()).unwrap();
+    let commitments = Commitments::from_bytes(&field("commitments")).unwrap();
+    let parsed: Vec<Share> = shares.iter().map(|s| s.parse().unwrap()).collect();
+    let root_secret = kms_core::shares::combine(&parsed, &commitments).unwrap();
+    let root_key = kms_core::barrier::RootKey::derive(&root_secret, &field("installation_id"));
+    let keyring = kms_core::barrier::Keyring::open_under(&root_key, &field("keyring")).unwrap();
+    Recovered {
+        root_secret,
+        root_key,
+        keyring,
+    }
+}

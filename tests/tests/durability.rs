@@ -5,10 +5,8 @@
 
 use std::path::Path;
 
-use kms_core::barrier::{Keyring, RootKey};
-use kms_core::shares::{self, Commitments, Share};
-use kms_server::storage::{Backend, SledBackend};
-use kms_tests::{Installation, init, unseal_with};
+use kms_server::storage::SledBackend;
+use kms_tests::{Installation, Recovered, init, recover_offline, unseal_with};
 
 /// SIGKILL right after an acknowledged Init: the installation is there after restart.
 #[tokio::test]
@@ -95,20 +93,11 @@ async fn no_secret_reaches_the_data_directory() {
 
     // Recover every secret from the shares and the stored public configuration.
     let backend = SledBackend::open(&inst.data_dir()).unwrap();
-    let seal = backend.get("core/seal").await.unwrap().unwrap();
-    let record: serde_json::Value = serde_json::from_slice(&seal.value).unwrap();
-    let commitments =
-        Commitments::from_bytes(&hex::decode(record["commitments"].as_str().unwrap()).unwrap())
-            .unwrap();
-    let installation_id = hex::decode(record["installation_id"].as_str().unwrap()).unwrap();
-    let parsed: Vec<Share> = new_shares.iter().map(|s| s.parse().unwrap()).collect();
-    let root_secret = shares::combine(&parsed, &commitments).unwrap();
-    let root_key = RootKey::derive(&root_secret, &installation_id);
-    let keyring = Keyring::open_under(
-        &root_key,
-        &hex::decode(record["keyring"].as_str().unwrap()).unwrap(),
-    )
-    .unwrap();
+    let Recovered {
+        root_secret,
+        root_key,
+        keyring,
+    } = recover_offline(&backend, &new_shares).await;
     drop(backend);
 
     let mut needles: Vec<(String, Vec<u8>)> = vec![

@@ -12,10 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use kms_client::proto as pb;
-use kms_core::barrier::{Keyring, RootKey};
-use kms_core::shares::{self, Commitments, Share};
 use kms_server::storage::{Backend, SledBackend};
-use kms_tests::{Installation, copy_dir, start_unsealed};
+use kms_tests::{Installation, Recovered, copy_dir, recover_offline, start_unsealed};
 
 /// The writable mappings of `pid` (heap, stacks, anonymous maps, the binary's data): where a
 /// secret computed at run time can be. Read-only mappings (code, constants) cannot hold one.
@@ -105,20 +103,11 @@ fn found_in(dump: &[(String, Vec<u8>)], needle: &[u8]) -> Vec<String> {
 /// its one share: (name, bytes).
 async fn secrets(data: &Path, share: &str, key_id: &str) -> Vec<(String, Vec<u8>)> {
     let backend = SledBackend::open(data).unwrap();
-    let seal = backend.get("core/seal").await.unwrap().unwrap();
-    let record: serde_json::Value = serde_json::from_slice(&seal.value).unwrap();
-    let commitments =
-        Commitments::from_bytes(&hex::decode(record["commitments"].as_str().unwrap()).unwrap())
-            .unwrap();
-    let installation_id = hex::decode(record["installation_id"].as_str().unwrap()).unwrap();
-    let parsed: Share = share.parse().unwrap();
-    let root_secret = shares::combine(&[parsed], &commitments).unwrap();
-    let root_key = RootKey::derive(&root_secret, &installation_id);
-    let keyring = Keyring::open_under(
-        &root_key,
-        &hex::decode(record["keyring"].as_str().unwrap()).unwrap(),
-    )
-    .unwrap();
+    let Recovered {
+        root_secret,
+        root_key,
+        keyring,
+    } = recover_offline(&backend, &[share.to_string()]).await;
     let path = format!("keys/{key_id}/v/{:010}", 1);
     let rec = backend.get(&path).await.unwrap().unwrap();
     let material = keyring.open(&path, &rec.value).unwrap();
