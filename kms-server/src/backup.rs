@@ -14,7 +14,7 @@ use kms_core::backup::{self as format, Encoder, Header};
 use kms_proto::v1::BackupChunk;
 use tokio::sync::mpsc;
 
-use crate::storage::{SledBackend, Versioned};
+use crate::storage::{Backend, SledBackend, Versioned};
 use crate::{Config, StorageConfig};
 
 /// Bytes per streamed message: well under gRPC's default 4 MiB message limit.

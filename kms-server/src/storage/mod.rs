@@ -2,9 +2,30 @@
 //!
 //! Backends only ever hold public seal configuration and barrier-sealed ciphertext.
 
+mod locks;
 mod sled;
 
+pub use self::locks::LocalLocks;
 pub use self::sled::SledBackend;
+
+/// A cluster-wide lock (see [`Backend::lock`]), released when dropped.
+pub struct LockGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl LockGuard {
+    /// Wraps whatever releases the lock when dropped.
+    pub fn new(inner: impl Send + Sync + 'static) -> Self {
+        Self(Box::new(inner))
+    }
+}
+
+/// Records written since a position of the change sequence (see [`Backend::changes_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// The position these changes bring the reader to.
+    pub seq: u64,
+    /// The keys put since the position asked for, in commit order (a key may repeat).
+    pub keys: Vec<String>,
+}
 
 /// What a write expects to find, for compare-and-set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +89,46 @@ pub trait Backend: Send + Sync + 'static {
     /// in memory, and copying them held writes for 0.4-0.5 s, 3.3 s when cold (debug
     /// build, sled, shared 2-core machine). A streaming form would hold writes for as long as its reader is slow.
     async fn snapshot(&self) -> Result<Vec<(String, Versioned)>, StorageError>;
+    /// Writes `records` into this empty store with their versions kept as they are, all or
+    /// nothing, durably. For `kms-server restore` only: it bypasses compare-and-set.
+    /// Returns `NotEmpty` (and writes nothing) if the store holds any record.
+    async fn restore(&self, records: Vec<(String, Versioned)>) -> Result<(), StorageError>;
     /// A short name for status output ("sled").
     fn name(&self) -> &'static str;
+
+    // ---- several nodes on one store ------------------------------------------------------
+
+    /// Whether other processes (other kms-server nodes) may write this store. Then each node's
+    /// cache follows [`Backend::changes_since`] and serves only while it can check that it is
+    /// current. False for a store one process owns (sled).
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The current position of the change sequence. It grows with every committed `put` or
+    /// `delete` (of any node), and commits happen in sequence order. Always 0 when not shared.
+    async fn change_seq(&self) -> Result<u64, StorageError> {
+        Ok(0)
+    }
+    /// The keys put since position `seq` (exclusive), in commit order, and the position they
+    /// bring the reader to; at most a few thousand keys per call (call again from the returned
+    /// position). Deletions are not listed. Nothing when not shared.
+    async fn changes_since(&self, seq: u64) -> Result<Changes, StorageError> {
+        Ok(Changes {
+            seq,
+            keys: Vec::new(),
+        })
+    }
+    /// Resolves soon after another node may have committed a change (PostgreSQL NOTIFY), or
+    /// after a reconnection (changes may have been missed): a hint to call `changes_since`
+    /// now rather than at the next periodic check. Never resolves when not shared.
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
+    /// Takes the cluster-wide locks `names` (waiting for each, in sorted order, so two callers
+    /// never deadlock), held until the guard drops. Every node sees the same locks: sled (one
+    /// process) keeps them in memory, PostgreSQL uses advisory locks. Writes made while holding
+    /// a lock need no connection of the lock's own.
+    async fn lock(&self, names: &[String]) -> Result<LockGuard, StorageError>;
+    /// Takes the cluster-wide lock `name` if no one holds it.
+    async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, StorageError>;
 }

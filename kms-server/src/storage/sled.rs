@@ -60,6 +60,8 @@ struct Inner {
     /// Writer-preferring (tokio's lock is fair), so a snapshot is not starved by a stream of
     /// writes.
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// Cluster-wide locks: one process owns a sled store, so in memory.
+    locks: super::LocalLocks,
 }
 
 impl SledBackend {
@@ -113,6 +115,7 @@ impl SledBackend {
                 failed: std::sync::atomic::AtomicBool::new(false),
                 dir: dir.to_path_buf(),
                 gate: Arc::new(tokio::sync::RwLock::new(())),
+                locks: Default::default(),
             }),
         })
     }
@@ -132,7 +135,7 @@ impl SledBackend {
     /// serving path: it bypasses compare-and-set.
     ///
     /// Returns `NotEmpty` (and writes nothing) if the store holds any record.
-    pub async fn restore(&self, records: Vec<(String, Versioned)>) -> Result<(), StorageError> {
+    async fn restore_batch(&self, records: Vec<(String, Versioned)>) -> Result<(), StorageError> {
         let gate = self.inner.gate.clone().write_owned().await;
         self.inner.check_healthy()?;
         let inner = self.inner.clone();
@@ -476,8 +479,20 @@ impl Backend for SledBackend {
         .map_err(|e| StorageError::Io(format!("snapshot task failed: {e}")))?
     }
 
+    async fn restore(&self, records: Vec<(String, Versioned)>) -> Result<(), StorageError> {
+        self.restore_batch(records).await
+    }
+
     fn name(&self) -> &'static str {
         "sled"
+    }
+
+    async fn lock(&self, names: &[String]) -> Result<super::LockGuard, StorageError> {
+        Ok(self.inner.locks.lock(names).await)
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<super::LockGuard>, StorageError> {
+        Ok(self.inner.locks.try_lock(name))
     }
 }
 
