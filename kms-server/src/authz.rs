@@ -113,14 +113,19 @@ impl Authz {
     }
 }
 
+/// The record a policy reload writes on a shared store, so every node reloads its own policy
+/// directory (deploy the same files to every node first).
+pub(crate) const POLICY_RELOAD_PATH: &str = "sys/policy-reload";
+
 /// The `kms.v1.Policy` gRPC service.
 pub struct PolicyService {
     authz: Arc<Authz>,
+    seal: Arc<crate::Seal>,
 }
 
 impl PolicyService {
-    pub fn new(authz: Arc<Authz>) -> Self {
-        Self { authz }
+    pub fn new(authz: Arc<Authz>, seal: Arc<crate::Seal>) -> Self {
+        Self { authz, seal }
     }
 }
 
@@ -136,6 +141,20 @@ impl kms_proto::v1::policy_server::Policy for PolicyService {
         let rules = self.authz.reload().map_err(|e| {
             KmsError::InvalidArgument(format!("{e}; the policies in force are unchanged"))
         })?;
+        let backend = self.seal.backend();
+        if backend.shared() {
+            // The other nodes see this record change and reload their own directories. Public
+            // (a time), like the seal configuration: nothing secret is stored unsealed.
+            let stamp = crate::keystore::now_unix().to_string().into_bytes();
+            backend
+                .put(POLICY_RELOAD_PATH, stamp, crate::storage::Expect::Any)
+                .await
+                .map_err(|e| {
+                    KmsError::Unavailable(format!(
+                        "policies reloaded on this node only: the other nodes could not be told ({e}); run the reload again"
+                    ))
+                })?;
+        }
         Ok(tonic::Response::new(
             kms_proto::v1::ReloadPoliciesResponse {
                 rules: u32::try_from(rules).unwrap_or(u32::MAX),

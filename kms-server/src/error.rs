@@ -33,6 +33,10 @@ pub enum KmsError {
     Storage(#[from] StorageError),
     #[error("audit unavailable: {0}")]
     AuditUnavailable(String),
+    /// This node cannot serve the request now (e.g. it cannot confirm that its key cache is
+    /// current); another node may.
+    #[error("{0}")]
+    Unavailable(String),
     /// A stored record failed its integrity check or is missing: that key (or enrolment) is
     /// unreadable until the data directory is restored. The message names it.
     #[error("{0}")]
@@ -113,7 +117,9 @@ impl From<KmsError> for tonic::Status {
             KmsError::Storage(StorageError::Conflict { .. }) => tonic::Status::aborted(format!(
                 "{msg}; another change happened at the same time: retry"
             )),
-            KmsError::Storage(_) | KmsError::AuditUnavailable(_) => tonic::Status::unavailable(msg),
+            KmsError::Storage(_) | KmsError::AuditUnavailable(_) | KmsError::Unavailable(_) => {
+                tonic::Status::unavailable(msg)
+            }
             KmsError::DataLoss(_) => tonic::Status::data_loss(msg),
             KmsError::Internal(_) => tonic::Status::internal(msg),
         }

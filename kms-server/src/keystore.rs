@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kms_core::Secret32;
 use kms_core::barrier::Keyring;
@@ -37,7 +37,7 @@ use zeroize::Zeroizing;
 
 use crate::error::KmsError;
 use crate::seal::Seal;
-use crate::storage::Expect;
+use crate::storage::{Expect, LockGuard};
 
 /// Limits and policy knobs of the keystore (the `[keys]` config section).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -87,8 +87,9 @@ struct Cache {
     /// Metadata records that could not be read at load (path, why). Their keys' names are
     /// unknown, so creation is refused while any is listed.
     damaged_meta: Vec<(String, String)>,
-    /// The key ids of those records, where the path names one.
-    damaged_ids: HashMap<KeyId, String>,
+    /// The key ids of those records, where the path names one (and of records another node
+    /// wrote that failed their check here).
+    damaged_ids: RwLock<HashMap<KeyId, String>>,
 }
 
 impl Cache {
@@ -119,6 +120,31 @@ pub struct Keystore {
     stripes: Vec<tokio::sync::Mutex<()>>,
     /// Bumped by every `clear` (seal); a `load` that started before a clear must not install.
     epoch: AtomicU64,
+    /// Whether other nodes write the store too (then the cache follows their changes).
+    shared: bool,
+    follow: Follow,
+}
+
+/// How the cache follows changes other nodes commit to a shared store (PostgreSQL), and
+/// whether it may serve: only while a catch-up that started at most `max_staleness` ago
+/// succeeded, so a revocation committed elsewhere is never served from this cache for longer.
+struct Follow {
+    /// The position in the store's change sequence the cache has applied changes up to.
+    seq: AtomicU64,
+    /// Serialises catch-ups.
+    lock: tokio::sync::Mutex<()>,
+    /// Changed records that are not keys (seal configuration, policy reloads, MFA), for the
+    /// server to act on (`take_other_changes`).
+    others: std::sync::Mutex<Vec<String>>,
+    origin: Instant,
+    /// When the last successful catch-up started, in ms since `origin` plus one (0: never).
+    verified: AtomicU64,
+    max_staleness: Duration,
+}
+
+/// The cluster-wide lock of one key's changes.
+fn key_lock(id: &KeyId) -> String {
+    format!("key/{id}")
 }
 
 /// Lock stripes for key changes.
@@ -170,6 +196,7 @@ pub struct Decrypted {
 
 impl Keystore {
     pub fn new(seal: Arc<Seal>, settings: KeySettings) -> Self {
+        let shared = seal.backend().shared();
         Self {
             seal,
             settings,
@@ -177,7 +204,216 @@ impl Keystore {
             writer: tokio::sync::RwLock::new(()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             epoch: AtomicU64::new(0),
+            shared,
+            follow: Follow {
+                seq: AtomicU64::new(0),
+                lock: tokio::sync::Mutex::new(()),
+                others: std::sync::Mutex::new(Vec::new()),
+                origin: Instant::now(),
+                verified: AtomicU64::new(0),
+                max_staleness: Duration::from_secs(1),
+            },
         }
+    }
+
+    /// The longest this node serves from its cache without a successful check against a shared
+    /// store (`[storage] max_staleness_ms`; default 1 s). Unused for a store one node owns.
+    pub fn with_max_staleness(mut self, bound: Duration) -> Self {
+        self.follow.max_staleness = bound;
+        self
+    }
+
+    /// `Unavailable` when the store is shared and no catch-up started within the staleness
+    /// bound succeeded: the cache may miss a revocation made on another node.
+    fn check_fresh(&self) -> Result<(), KmsError> {
+        if !self.shared {
+            return Ok(());
+        }
+        let verified = self.follow.verified.load(Ordering::Acquire);
+        let now = self.follow.origin.elapsed().as_millis() as u64 + 1;
+        let bound = self.follow.max_staleness.as_millis() as u64;
+        if verified != 0 && now.saturating_sub(verified) <= bound {
+            return Ok(());
+        }
+        Err(KmsError::Unavailable(format!(
+            "this node cannot confirm that its key cache is current: the shared storage has not \
+             answered for more than {bound} ms ([storage] max_staleness_ms); retry on another node"
+        )))
+    }
+
+    /// The cache, if it may serve (see `check_fresh`).
+    fn serving(&self) -> Result<Arc<Cache>, KmsError> {
+        let cache = self.cache()?;
+        self.check_fresh()?;
+        Ok(cache)
+    }
+
+    /// Applies every change other nodes committed to a shared store since the last call: key
+    /// records are read again into the cache; other changed records are kept for
+    /// [`Keystore::take_other_changes`]. On success the cache counts as current as of the
+    /// moment this call started. Nothing to do for a store one node owns.
+    pub async fn catch_up(&self) -> Result<(), KmsError> {
+        if !self.shared {
+            return Ok(());
+        }
+        let _one = self.follow.lock.lock().await;
+        let started = self.follow.origin.elapsed().as_millis() as u64 + 1;
+        let backend = self.seal.backend().clone();
+        loop {
+            let from = self.follow.seq.load(Ordering::SeqCst);
+            let changes = backend.changes_since(from).await?;
+            if changes.keys.is_empty() {
+                break;
+            }
+            let mut ids: Vec<KeyId> = Vec::new();
+            for path in &changes.keys {
+                if let Some(id) = parse_meta_path(path) {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                } else if !path.starts_with("keys/") && !path.starts_with("audit/head/") {
+                    let mut others = self.follow.others.lock().unwrap_or_else(|p| p.into_inner());
+                    if !others.contains(path) {
+                        others.push(path.clone());
+                    }
+                }
+            }
+            for id in &ids {
+                self.refresh(id).await?;
+            }
+            // A load in between restarted from its own (earlier) position: keep that one.
+            let _ = self.follow.seq.compare_exchange(
+                from,
+                changes.seq,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+        self.follow.verified.fetch_max(started, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Changed records other than keys seen by `catch_up` since the last call, in order.
+    pub fn take_other_changes(&self) -> Vec<String> {
+        std::mem::take(&mut *self.follow.others.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reads key `id` from storage into the cache if storage holds a newer record than the
+    /// cache (another node changed it). A record that fails its check replaces the cached key
+    /// by one that serves nothing (DATA_LOSS), never by the stale one.
+    async fn refresh(&self, id: &KeyId) -> Result<(), KmsError> {
+        let Ok(cache) = self.cache() else {
+            return Ok(()); // sealed: the next load reads everything
+        };
+        let keyring = match self.seal.keyring().await {
+            Ok(k) => k,
+            Err(KmsError::Sealed) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let path = meta_path(id);
+        let Some(rec) = self.seal.backend().get(&path).await? else {
+            return Ok(());
+        };
+        let existing = read(&cache.by_id).get(id).cloned();
+        if existing
+            .as_ref()
+            .is_some_and(|k| k.record_version >= rec.version)
+        {
+            return Ok(());
+        }
+        let new_version = rec.version;
+        let (meta, record_version) = match open_meta(&keyring, &path, rec) {
+            Ok(v) => v,
+            Err(why) => {
+                tracing::error!(%path, error = %why, "key metadata record written by another node is damaged; that key is unreadable");
+                write(&cache.damaged_ids).insert(*id, why.clone());
+                if let Some(old) = existing {
+                    let damaged = old
+                        .meta
+                        .versions
+                        .iter()
+                        .map(|v| (v.version, format!("key {}: its stored record is damaged ({why}): restore from backup", old.meta.name)))
+                        .collect();
+                    self.install(
+                        &cache,
+                        CachedKey {
+                            pending_counts: counts_for(&old.meta),
+                            meta: old.meta.clone(),
+                            record_version: new_version,
+                            material: BTreeMap::new(),
+                            damaged,
+                        },
+                    );
+                }
+                return Ok(());
+            }
+        };
+        let mut material = BTreeMap::new();
+        let mut damaged = BTreeMap::new();
+        for v in cached_versions(&meta) {
+            if let Some(m) = existing.as_ref().and_then(|k| k.material.get(&v)) {
+                material.insert(v, m.clone());
+                continue;
+            }
+            match self.read_material(&keyring, &meta, v).await {
+                Ok(m) => {
+                    material.insert(v, m);
+                }
+                Err(KmsError::DataLoss(why)) => {
+                    tracing::error!(key = %meta.name, version = v, error = %why, "key material record is damaged; that version is unreadable");
+                    damaged.insert(v, why);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // Encryptions this node counted and has not written yet stay counted.
+        let pending_counts = counts_for(&meta);
+        if let Some(old) = &existing {
+            for (new, old) in pending_counts.iter().zip(&old.pending_counts) {
+                new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+        self.install(
+            &cache,
+            CachedKey {
+                pending_counts,
+                meta,
+                record_version,
+                material,
+                damaged,
+            },
+        );
+        Ok(())
+    }
+
+    /// Erases material `v` of key `id` that no acknowledged version owns. On a shared store,
+    /// under the key's cluster lock and only if the metadata still does not own it: another
+    /// node may be creating or rotating that key right now.
+    async fn erase_orphan(
+        &self,
+        keyring: &Keyring,
+        path: &str,
+        id: &KeyId,
+        v: u32,
+    ) -> Result<bool, KmsError> {
+        let backend = self.seal.backend();
+        let _lock = if self.shared {
+            let guard = backend.lock(&[key_lock(id)]).await?;
+            let meta = meta_path(id);
+            if let Some(rec) = backend.get(&meta).await? {
+                match open_meta(keyring, &meta, rec) {
+                    Ok((m, _)) if v <= m.latest() => return Ok(false),
+                    Ok(_) => {}
+                    // Damaged: keep the material, it may be all that is left.
+                    Err(_) => return Ok(false),
+                }
+            }
+            Some(guard)
+        } else {
+            None
+        };
+        backend.delete(path, Expect::Any).await?;
+        Ok(true)
     }
 
     pub fn settings(&self) -> &KeySettings {
@@ -225,6 +461,10 @@ impl Keystore {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let keyring = self.seal.keyring().await?;
         let backend = self.seal.backend();
+        // Everything committed before this point is read below; later changes are applied by
+        // the next catch-up from here.
+        let started = self.follow.origin.elapsed().as_millis() as u64 + 1;
+        let position = backend.change_seq().await?;
         let mut cache = Cache {
             audit_key: Some(keyring.derive_stable(b"kms audit hmac v1")),
             ..Cache::default()
@@ -247,7 +487,7 @@ impl Keystore {
                 Err(why) => {
                     tracing::error!(%path, error = %why, "key metadata record is damaged; that key is unreadable");
                     if let Some(id) = parse_meta_path(path) {
-                        cache.damaged_ids.insert(id, why.clone());
+                        write(&cache.damaged_ids).insert(id, why.clone());
                     }
                     cache.damaged_meta.push((path.clone(), why));
                     continue;
@@ -289,13 +529,13 @@ impl Keystore {
             if let Some((id, v)) = parse_material_path(path)
                 && v > 1
                 && !read(&cache.by_id).contains_key(&id)
-                && !cache.damaged_ids.contains_key(&id)
+                && !read(&cache.damaged_ids).contains_key(&id)
             {
                 let why = format!(
                     "its metadata record is missing, yet material of version {v} is stored"
                 );
                 tracing::error!(key_id = %id, error = %why, "key metadata record is missing; that key is unreadable");
-                cache.damaged_ids.insert(id, why.clone());
+                write(&cache.damaged_ids).insert(id, why.clone());
                 cache.damaged_meta.push((meta_path(&id), why));
             }
         }
@@ -307,8 +547,10 @@ impl Keystore {
                 let owned = read(&cache.by_id)
                     .get(&id)
                     .is_some_and(|k| v <= k.meta.latest());
-                if !owned && !cache.damaged_ids.contains_key(&id) {
-                    backend.delete(path, Expect::Any).await?;
+                if !owned
+                    && !read(&cache.damaged_ids).contains_key(&id)
+                    && self.erase_orphan(&keyring, path, &id, v).await?
+                {
                     tracing::warn!(%path, "erased key material left by an interrupted change");
                 }
             }
@@ -326,11 +568,13 @@ impl Keystore {
             return Err(KmsError::Sealed);
         }
         *guard = Some(Arc::new(cache));
+        self.follow.seq.store(position, Ordering::SeqCst);
+        self.follow.verified.fetch_max(started, Ordering::AcqRel);
         Ok(n)
     }
 
     fn lookup(&self, name: &KeyName) -> Result<Arc<CachedKey>, KmsError> {
-        let cache = self.cache()?;
+        let cache = self.serving()?;
         let found = read(&cache.by_name).get(name).cloned();
         found.ok_or_else(|| {
             if cache.damaged_meta.is_empty() {
@@ -391,13 +635,13 @@ impl Keystore {
     pub fn decrypt(&self, ct: &[u8], context: &EncryptionContext) -> Result<Decrypted, KmsError> {
         let header = ciphertext::parse_header(ct)?;
         let auth_failed = || KmsError::from(ciphertext::CiphertextError::Authentication);
-        let cache = self.cache()?;
+        let cache = self.serving()?;
         let found = read(&cache.by_id).get(&header.key_id).cloned();
         let key = match found {
             Some(k) => k,
             // The header is not authenticated, but naming a key id whose record is damaged
             // tells the caller nothing secret and saves them from chasing a wrong context.
-            None => match cache.damaged_ids.get(&header.key_id) {
+            None => match read(&cache.damaged_ids).get(&header.key_id).cloned() {
                 Some(why) => {
                     return Err(KmsError::DataLoss(format!(
                         "key id {}: its stored record is damaged ({why}), so this ciphertext cannot be decrypted: restore the data directory from backup",
@@ -476,6 +720,13 @@ impl Keystore {
         let _w = self.writer.read().await;
         let _k = self.stripe(&name).lock().await;
         let cache = self.cache()?;
+        let id = KeyId::random().map_err(|e| KmsError::Internal(e.to_string()))?;
+        // On a shared store, another node may create the same name: under the name's cluster
+        // lock, with the cache caught up, what the cache says is what storage holds.
+        let _lock = self
+            .cluster_lock(&[format!("name/{name}"), key_lock(&id)])
+            .await?;
+        self.catch_up().await?;
         if !cache.damaged_meta.is_empty() {
             return Err(KmsError::DataLoss(format!(
                 "key {name} was not created: {} key record(s) are damaged and their names are unknown, and a name must never be reused: restore the data directory from backup",
@@ -494,7 +745,6 @@ impl Keystore {
             };
             return Err(KmsError::AlreadyExists(format!("key {name} {why}")));
         }
-        let id = KeyId::random().map_err(|e| KmsError::Internal(e.to_string()))?;
         let now = now_unix();
         let meta = KeyMeta::new(name, id, purpose, now, description, labels, rotation_period)?;
         let material = Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?;
@@ -541,7 +791,7 @@ impl Keystore {
         limit: usize,
         visible: impl Fn(&str) -> bool,
     ) -> Result<(Vec<KeyMeta>, Option<String>), KmsError> {
-        let cache = self.cache()?;
+        let cache = self.serving()?;
         let by_name = read(&cache.by_name);
         // Start at the later of the prefix and the page token; stop past the prefix.
         let start = match after {
@@ -575,11 +825,34 @@ impl Keystore {
         let _w = self.writer.read().await;
         let _k = self.stripe(name).lock().await;
         let cache = self.cache()?;
-        let current = read(&cache.by_name)
-            .get(name)
-            .cloned()
-            .ok_or_else(|| KmsError::NotFound(format!("key {name} does not exist")))?;
+        let mut found = read(&cache.by_name).get(name).cloned();
+        if found.is_none() && self.shared {
+            // Perhaps created on another node moments ago.
+            self.catch_up().await?;
+            found = read(&cache.by_name).get(name).cloned();
+        }
+        let mut current =
+            found.ok_or_else(|| KmsError::NotFound(format!("key {name} does not exist")))?;
+        // On a shared store: under the key's cluster lock, from the latest committed record,
+        // so two nodes' changes to one key never race (nor a change and a scheduled job).
+        let id = current.meta.id;
+        let _lock = self.cluster_lock(&[key_lock(&id)]).await?;
+        if self.shared {
+            self.refresh(&id).await?;
+            if let Some(fresh) = read(&cache.by_id).get(&id).cloned() {
+                current = fresh;
+            }
+        }
         self.apply(&cache, &current, change).await
+    }
+
+    /// Takes cluster-wide locks on a shared store; nothing to take for a store one node owns
+    /// (the stripes serialise its changes).
+    async fn cluster_lock(&self, names: &[String]) -> Result<Option<LockGuard>, KmsError> {
+        if !self.shared {
+            return Ok(None);
+        }
+        Ok(Some(self.seal.backend().lock(names).await?))
     }
 
     async fn apply<F>(
@@ -724,8 +997,17 @@ impl Keystore {
 
     /// Runs every rotation and destruction due at `now`. Returns how many keys changed.
     /// Taking `now` lets tests inject time.
+    ///
+    /// On a shared store one node at a time runs them (a cluster lock; a node that finds it
+    /// held skips this run), and each action is checked again on the key's latest record
+    /// under the key's lock, so it happens exactly once across nodes.
     pub async fn run_scheduled(&self, now: u64) -> Result<usize, KmsError> {
         let cache = self.cache()?;
+        let backend = self.seal.backend().clone();
+        let Some(_job) = backend.try_lock("jobs/scheduled-actions").await? else {
+            return Ok(0);
+        };
+        self.catch_up().await?;
         let due: Vec<(KeyName, ScheduledAction)> = read(&cache.by_name)
             .values()
             .filter_map(|k| {
@@ -734,16 +1016,29 @@ impl Keystore {
             .collect();
         let mut done = 0;
         for (name, action) in due {
+            let still_due = |m: &KeyMeta| {
+                if kms_core::key::due_action(m, now) == Some(action) {
+                    Ok(())
+                } else {
+                    Err(KmsError::FailedPrecondition(
+                        "no longer due (done or changed elsewhere)".into(),
+                    ))
+                }
+            };
             let r = match action {
                 ScheduledAction::Rotate => {
                     self.update(&name, |m, t| {
+                        still_due(m)?;
                         m.rotate(t.max(now)).map(|_| ()).map_err(Into::into)
                     })
                     .await
                 }
                 ScheduledAction::Destroy => {
-                    self.update(&name, |m, t| m.destroy(t.max(now)).map_err(Into::into))
-                        .await
+                    self.update(&name, |m, t| {
+                        still_due(m)?;
+                        m.destroy(t.max(now)).map_err(Into::into)
+                    })
+                    .await
                 }
             };
             match r {
@@ -766,8 +1061,16 @@ impl Keystore {
         // then drops the whole cache. If it came first, stay sealed and install nothing.
         let guard = read(&self.cache);
         if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, cache)) {
+            let mut by_id = write(&cache.by_id);
+            // A refresh that read an older record than a change installed meanwhile loses.
+            if by_id
+                .get(&key.meta.id)
+                .is_some_and(|k| k.record_version >= key.record_version)
+            {
+                return;
+            }
             write(&cache.by_name).insert(key.meta.name.clone(), key.clone());
-            write(&cache.by_id).insert(key.meta.id, key);
+            by_id.insert(key.meta.id, key);
         }
     }
 

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 use crate::error::KmsError;
 use crate::storage::{Backend, Expect};
 
-const SEAL_PATH: &str = "core/seal";
+pub(crate) const SEAL_PATH: &str = "core/seal";
 const INSTALLATION_PATH: &str = "sys/installation";
 const SEAL_FORMAT: u32 = 1;
 
@@ -74,6 +74,17 @@ pub struct SealStatus {
     pub share_set_id: String,
     pub barrier_term: u32,
     pub barrier_terms: u32,
+}
+
+/// What [`Seal::reload_config`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The stored configuration is the one in use.
+    Unchanged,
+    /// The newer configuration is in use (and its keyring, while unsealed).
+    Updated,
+    /// This node was unsealed and could not open the new keyring: it is sealed now.
+    Sealed,
 }
 
 /// New shares handed out by init or rekey. Shown once, never stored.
@@ -207,6 +218,51 @@ impl Seal {
         inner.state = State::Unsealed { root, keyring };
         tracing::info!("kms unsealed");
         Ok(status_of(&inner))
+    }
+
+    /// Reads the seal configuration again after another node changed it (init, rekey, barrier
+    /// rotation). While unsealed, the new keyring is opened with this node's root key; if it
+    /// does not open (a rekey elsewhere replaced the root key), this node seals itself: it
+    /// could no longer read records sealed under a later barrier term, and its old shares are
+    /// void anyway. Unseal it with the new shares.
+    pub async fn reload_config(&self) -> Result<Reloaded, KmsError> {
+        let mut inner = self.inner.lock().await;
+        let Some(fresh) = read_config(self.backend.as_ref()).await? else {
+            return Ok(Reloaded::Unchanged);
+        };
+        let Inner { config, state } = &mut *inner;
+        if config.as_ref().is_some_and(|c| c.version >= fresh.version) {
+            return Ok(Reloaded::Unchanged);
+        }
+        let same_set = config.as_ref().is_some_and(|c| c.set_id == fresh.set_id);
+        let outcome = match state {
+            State::Sealed { submitted } => {
+                if !same_set {
+                    // Shares of the old set can no longer count towards an unseal.
+                    submitted.clear();
+                }
+                Reloaded::Updated
+            }
+            State::Unsealed { root, keyring } => {
+                match Keyring::open_under(root, &fresh.keyring_blob) {
+                    Ok(k) => {
+                        *keyring = k;
+                        Reloaded::Updated
+                    }
+                    Err(_) => {
+                        *state = State::Sealed {
+                            submitted: Vec::new(),
+                        };
+                        tracing::warn!(
+                            "kms sealed: another node replaced the shares (rekey); unseal this node with the new shares"
+                        );
+                        Reloaded::Sealed
+                    }
+                }
+            }
+        };
+        *config = Some(fresh);
+        Ok(outcome)
     }
 
     /// Discards the shares submitted so far.

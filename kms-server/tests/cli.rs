@@ -182,6 +182,7 @@ fn example_config_loads() {
     assert_eq!(config.tls.client_ca, manifest.join("tls/client-ca.pem"));
     match &config.storage {
         StorageConfig::Sled { path } => assert_eq!(path, Path::new("/var/lib/kms/data")),
+        other => panic!("the example config should use sled, not {other:?}"),
     }
     assert_eq!(config.policies, Path::new("/etc/kms/policies"));
 }

@@ -25,7 +25,10 @@ impl Drop for Held {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         drop(self.guard.take());
         // Only the map holds it now (no holder, no waiter): forget the name.
-        if map.get(&self.name).is_some_and(|l| Arc::strong_count(l) == 1) {
+        if map
+            .get(&self.name)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
             map.remove(&self.name);
         }
     }
