@@ -14,7 +14,7 @@ use kms_core::backup::{self as format, Encoder, Header};
 use kms_proto::v1::BackupChunk;
 use tokio::sync::mpsc;
 
-use crate::storage::{Backend, SledBackend, Versioned};
+use crate::storage::{Backend, PostgresBackend, SledBackend, Versioned};
 use crate::{Config, StorageConfig};
 
 /// Bytes per streamed message: well under gRPC's default 4 MiB message limit.
@@ -127,23 +127,54 @@ pub struct Restored {
 /// written in one atomic batch with their stored versions, and synced.
 pub async fn restore(config_path: &Path, from: &Path) -> Result<Restored, String> {
     let config = Config::load(config_path)?;
-    let dir = match &config.storage {
-        StorageConfig::Sled { path } => path.clone(),
+    // Where the records go: a sled folder, or a PostgreSQL database (checked empty before the
+    // file is read, and again by the backend inside its one transaction).
+    enum Into {
+        Sled(std::path::PathBuf),
+        Postgres(PostgresBackend),
+    }
+    let (into, place) = match &config.storage {
+        StorageConfig::Sled { path } => {
+            check_empty(path)?;
+            (Into::Sled(path.clone()), path.display().to_string())
+        }
+        StorageConfig::Postgres(pg) => {
+            let backend = PostgresBackend::connect(pg)
+                .await
+                .map_err(|e| format!("cannot open storage: {e}"))?;
+            let held = backend.list("").await.map_err(|e| e.to_string())?;
+            if !held.is_empty() {
+                return Err(format!(
+                    "the PostgreSQL database at {} already holds {} records: restore only into \
+                     an empty database (point [storage] url at a new one); nothing was written",
+                    pg.target(),
+                    held.len()
+                ));
+            }
+            (
+                Into::Postgres(backend),
+                format!("PostgreSQL at {}", pg.target()),
+            )
+        }
     };
-    check_empty(&dir)?;
     let file = std::fs::File::open(from)
         .map_err(|e| format!("cannot open backup file {}: {e}", from.display()))?;
     let verified = format::read_all(std::io::BufReader::new(file), |_| {}).map_err(|e| {
         format!(
-            "backup file {} refused: {e}; nothing was written to {}",
+            "backup file {} refused: {e}; nothing was written to {place}",
             from.display(),
-            dir.display()
         )
     })?;
-    // Checked again: the file may have taken a while to read.
-    check_empty(&dir)?;
     let records = verified.records.len() as u64;
-    let backend = SledBackend::open(&dir).map_err(|e| e.to_string())?;
+    let backend: Box<dyn Backend> = match into {
+        Into::Sled(path) => {
+            // Checked again: the file may have taken a while to read. Opened only now, so a
+            // refused file leaves no folder behind.
+            check_empty(&path)?;
+            Box::new(SledBackend::open(&path).map_err(|e| e.to_string())?)
+        }
+        Into::Postgres(backend) => Box::new(backend),
+    };
     let rows = verified
         .records
         .into_iter()
@@ -157,18 +188,21 @@ pub async fn restore(config_path: &Path, from: &Path) -> Result<Restored, String
             )
         })
         .collect();
-    backend.restore(rows).await.map_err(|e| {
-        format!(
-            "restore into {} failed: {e}; remove that folder before trying again",
-            dir.display()
-        )
-    })?;
+    backend
+        .restore(rows)
+        .await
+        .map_err(|e| match config.storage {
+            StorageConfig::Sled { .. } => {
+                format!("restore into {place} failed: {e}; remove that folder before trying again")
+            }
+            StorageConfig::Postgres(_) => format!("restore into {place} failed: {e}"),
+        })?;
     Ok(Restored {
         records,
         created_unix: verified.header.created_unix,
         server_version: verified.header.server_version,
         checksum: verified.checksum,
-        storage: dir,
+        storage: place.into(),
     })
 }
 

@@ -223,6 +223,8 @@ pub struct TlsConfig {
 pub enum StorageConfig {
     /// The embedded sled database in `path`.
     Sled { path: PathBuf },
+    /// A PostgreSQL database that several kms-server nodes may share (see docs/postgres.md).
+    Postgres(crate::storage::PostgresConfig),
 }
 
 impl Config {
@@ -252,6 +254,11 @@ impl Config {
         }
         match &mut config.storage {
             StorageConfig::Sled { path } => resolve(path),
+            StorageConfig::Postgres(pg) => {
+                pg.resolve(resolve);
+                pg.check()
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?;
+            }
         }
         config
             .limits

@@ -66,6 +66,13 @@ pub async fn open_seal(config: &Config) -> Result<Arc<Seal>, String> {
         StorageConfig::Sled { path } => {
             Arc::new(storage::SledBackend::open(path).map_err(|e| e.to_string())?)
         }
+        // An unreachable database at start stops the server with the reason: an operator
+        // error to see at once, not a node that starts and serves nothing.
+        StorageConfig::Postgres(pg) => Arc::new(
+            storage::PostgresBackend::connect(pg)
+                .await
+                .map_err(|e| format!("cannot open storage: {e}"))?,
+        ),
     };
     Seal::load(backend)
         .await

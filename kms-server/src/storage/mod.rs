@@ -3,9 +3,11 @@
 //! Backends only ever hold public seal configuration and barrier-sealed ciphertext.
 
 mod locks;
+mod postgres;
 mod sled;
 
 pub use self::locks::LocalLocks;
+pub use self::postgres::{PostgresBackend, PostgresConfig, PostgresTls};
 pub use self::sled::SledBackend;
 
 /// A cluster-wide lock (see [`Backend::lock`]), released when dropped.

@@ -1,0 +1,1223 @@
+//! The PostgreSQL backend: one database that several kms-server nodes share.
+//!
+//! Schema (created, and later migrated, by the server at open, under an advisory lock):
+//! `kms_records(key text COLLATE "C" PRIMARY KEY, value bytea, version bigint, changed bigint)`
+//! with an index on `changed`, the one-row `kms_clock(id = 1, seq bigint)`, and
+//! `kms_schema(id = 1, version int)`. Keys are compared byte by byte (`COLLATE "C"`), so
+//! `list` and `snapshot` return them in the same order as sled does.
+//!
+//! Writes: every `put`/`delete` is one transaction that first increments `kms_clock.seq`. That
+//! row lock is held until the transaction ends, so writers are serialised and commit in
+//! sequence order: a reader that sees `seq = N` knows every change numbered `N` or less is
+//! committed and visible, which makes [`Backend::changes_since`] exact. The written row
+//! records its sequence number in `changed`, and the transaction sends a
+//! `NOTIFY kms_changes` (delivered at commit only) that wakes the other nodes. Commits wait
+//! for the WAL flush (`synchronous_commit`), so an `Ok` is durable.
+//!
+//! Locks: PostgreSQL session advisory locks, taken on connections of a pool of their own, so
+//! that nodes waiting for a lock can never use up the connections that the lock holders need
+//! to write (that would deadlock).
+//!
+//! See docs/postgres.md for the operator's view (settings, TLS, what happens when the database
+//! is unreachable).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{Backend, Changes, Expect, LockGuard, StorageError, Versioned};
+
+/// The schema version this binary writes and understands.
+const SCHEMA_VERSION: i32 = 1;
+/// The advisory lock (two-key form, a namespace apart from the one-key locks of
+/// [`Backend::lock`]) that serialises schema creation and migration between nodes starting
+/// together.
+const SCHEMA_LOCK: (i32, i32) = (0x006b_6d73, 1);
+/// Most keys one [`Backend::changes_since`] call returns.
+const CHANGES_LIMIT: i64 = 5000;
+/// Records per INSERT statement of a restore.
+const RESTORE_BATCH: usize = 1000;
+/// Longest a snapshot (a backup's copy of every record) may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest pause between two reconnection attempts of the change listener.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+const SCHEMA_V1: &str = r#"
+CREATE TABLE kms_records (
+    key text COLLATE "C" PRIMARY KEY,
+    value bytea NOT NULL,
+    version bigint NOT NULL CHECK (version >= 1),
+    changed bigint NOT NULL
+);
+CREATE INDEX kms_records_changed ON kms_records (changed);
+CREATE TABLE kms_clock (id int PRIMARY KEY CHECK (id = 1), seq bigint NOT NULL);
+INSERT INTO kms_clock (id, seq) VALUES (1, 0);
+"#;
+
+/// Increments the change sequence. It runs first in every write transaction: its row lock
+/// serialises writers until they commit (see the module documentation). The NOTIFY is sent at
+/// commit only, so a rolled-back write notifies no one.
+const BUMP_CLOCK: &str =
+    "UPDATE kms_clock SET seq = seq + 1 WHERE id = 1 RETURNING seq, pg_notify('kms_changes', '')";
+const READ_FOR_UPDATE: &str = "SELECT version FROM kms_records WHERE key = $1 FOR UPDATE";
+const UPSERT: &str = "INSERT INTO kms_records (key, value, version, changed) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version, \
+     changed = EXCLUDED.changed";
+const DELETE: &str = "DELETE FROM kms_records WHERE key = $1";
+const GET: &str = "SELECT value, version FROM kms_records WHERE key = $1";
+const LIST: &str = "SELECT key FROM kms_records WHERE starts_with(key, $1) ORDER BY key";
+const CLOCK: &str = "SELECT seq FROM kms_clock WHERE id = 1";
+const CHANGES: &str =
+    "SELECT key, changed FROM kms_records WHERE changed > $1 ORDER BY changed LIMIT $2";
+const LOCK: &str = "SELECT pg_advisory_lock(hashtextextended($1, 0))";
+const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
+const UNLOCK_ALL: &str = "SELECT pg_advisory_unlock_all()";
+
+/// How the connections to PostgreSQL are protected (`tls` in `[storage]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresTls {
+    /// TLS 1.3 required; the server's certificate must chain to `ca` and name the host of
+    /// `url` (like libpq's `sslmode=verify-full`).
+    #[default]
+    VerifyFull,
+    /// No TLS: for a database on the loopback interface or a Unix socket only.
+    Disable,
+}
+
+/// The `[storage]` section with `backend = "postgres"`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// libpq key=value string or `postgresql://` URI. May hold a password, so it is never
+    /// logged whole (only host, port and database name are).
+    pub url: String,
+    /// A file holding the password (read at start, surrounding whitespace trimmed); it
+    /// overrides a password in `url`.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `"verify-full"` (default) or `"disable"`. Overrides any `sslmode` in `url`.
+    #[serde(default)]
+    pub tls: PostgresTls,
+    /// CA certificate(s) (PEM) that PostgreSQL's certificate must chain to; required with
+    /// `tls = "verify-full"`.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Optional client certificate chain and key (PEM), for PostgreSQL's `cert` auth (mTLS).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Connections for reads and writes (default 16); locks use half as many more (at least 2).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Longest wait for a connection, and the bound on a call when PostgreSQL is unreachable
+    /// (default 5 s).
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// How stale a node's cache may be before it stops serving (100..=60000 ms, default 1000).
+    /// Used by the keystore; see [`PostgresConfig::max_staleness`].
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness_ms: u64,
+}
+
+fn default_pool_size() -> usize {
+    16
+}
+
+fn default_connect_timeout() -> u64 {
+    5
+}
+
+fn default_max_staleness() -> u64 {
+    1000
+}
+
+impl fmt::Debug for PostgresConfig {
+    /// Never prints `url` (it may hold a password): only where it points.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("target", &self.target())
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("max_staleness_ms", &self.max_staleness_ms)
+            .finish()
+    }
+}
+
+impl PostgresConfig {
+    /// How stale a node's view of the store may be before it stops serving.
+    pub fn max_staleness(&self) -> Duration {
+        Duration::from_millis(self.max_staleness_ms)
+    }
+
+    /// The bound on waiting for a connection.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// Resolves the relative paths (against the config file's folder).
+    pub(crate) fn resolve(&mut self, resolve: impl Fn(&mut PathBuf)) {
+        for p in [
+            &mut self.password_file,
+            &mut self.ca,
+            &mut self.cert,
+            &mut self.key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            resolve(p);
+        }
+    }
+
+    /// `host:port/dbname` of `url`, for messages (never the password), or a placeholder when
+    /// `url` does not parse.
+    pub fn target(&self) -> String {
+        match tokio_postgres::Config::from_str(&self.url) {
+            Ok(pg) => describe(&pg, true),
+            Err(_) => "(unparsable url)".into(),
+        }
+    }
+
+    /// Checks the settings: bounds, `url` syntax, TLS files named where needed. Errors name the
+    /// field (never the url's text).
+    pub fn check(&self) -> Result<(), String> {
+        let pg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
+            format!("[storage] url is not a valid PostgreSQL connection string or URI: {e}")
+        })?;
+        if pg.get_hosts().is_empty() {
+            return Err("[storage] url names no host (host=... or postgresql://HOST/...)".into());
+        }
+        let bounds = [
+            ("pool_size", self.pool_size as u64, 1, 1000),
+            ("connect_timeout_secs", self.connect_timeout_secs, 1, 300),
+            ("max_staleness_ms", self.max_staleness_ms, 100, 60_000),
+        ];
+        for (name, value, min, max) in bounds {
+            if !(min..=max).contains(&value) {
+                return Err(format!(
+                    "[storage] {name} = {value} is out of range: it must be {min}..={max}"
+                ));
+            }
+        }
+        match self.tls {
+            PostgresTls::VerifyFull => {
+                if self.ca.is_none() {
+                    return Err(
+                        "[storage] tls = \"verify-full\" needs ca = the PEM file of the CA \
+                         that signed PostgreSQL's certificate (or tls = \"disable\" for a \
+                         database on the loopback interface)"
+                            .into(),
+                    );
+                }
+                if self.cert.is_some() != self.key.is_some() {
+                    return Err(
+                        "[storage] cert and key go together (the client certificate and its key)"
+                            .into(),
+                    );
+                }
+                if pg.get_hosts().iter().any(|h| matches!(h, Host::Unix(_))) {
+                    return Err(
+                        "[storage] tls = \"verify-full\" needs a host name or address in \
+                         url, not a Unix socket folder (use tls = \"disable\" for a Unix socket)"
+                            .into(),
+                    );
+                }
+            }
+            PostgresTls::Disable => {
+                if self.ca.is_some() || self.cert.is_some() || self.key.is_some() {
+                    return Err("[storage] ca, cert and key are used only with tls = \
+                         \"verify-full\"; remove them or enable TLS"
+                        .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tokio-postgres configuration: `url`, then the password file, timeouts, keepalives
+    /// (so a silently dead peer is noticed) and the TLS mode.
+    fn pg_config(&self) -> Result<tokio_postgres::Config, StorageError> {
+        let mut pg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
+            StorageError::Io(format!("[storage] url is not a valid PostgreSQL url: {e}"))
+        })?;
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                StorageError::Io(format!(
+                    "cannot read the PostgreSQL password file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let password = text.trim();
+            if password.is_empty() {
+                return Err(StorageError::Io(format!(
+                    "the PostgreSQL password file {} is empty",
+                    path.display()
+                )));
+            }
+            pg.password(password);
+        }
+        let timeout = self.connect_timeout();
+        pg.connect_timeout(timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            // Data unacknowledged this long means the peer is gone (a cut network), even
+            // in the middle of a query.
+            .tcp_user_timeout(timeout.saturating_mul(2).max(Duration::from_secs(10)))
+            .application_name("kms-server")
+            .ssl_mode(match self.tls {
+                PostgresTls::VerifyFull => SslMode::Require,
+                PostgresTls::Disable => SslMode::Disable,
+            });
+        Ok(pg)
+    }
+
+    /// The TLS connector: rustls (ring provider, TLS 1.3) with `ca` as the only trust anchor.
+    fn connector(&self) -> Result<Connector, StorageError> {
+        let ca = match (self.tls, &self.ca) {
+            (PostgresTls::Disable, _) => return Ok(Connector::Plain),
+            (PostgresTls::VerifyFull, Some(ca)) => ca,
+            (PostgresTls::VerifyFull, None) => {
+                return Err(StorageError::Io(
+                    "[storage] tls = \"verify-full\" needs ca".into(),
+                ));
+            }
+        };
+        let bad = |what: &str, path: &PathBuf, e: &dyn fmt::Display| {
+            StorageError::Io(format!("PostgreSQL TLS {what} {}: {e}", path.display()))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad("CA", ca, &e))? {
+            let c = c.map_err(|e| bad("CA", ca, &e))?;
+            roots.add(c).map_err(|e| bad("CA", ca, &e))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("CA", ca, &"no certificate found"));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| StorageError::Io(format!("PostgreSQL TLS configuration: {e}")))?
+            .with_root_certificates(roots);
+        let config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let certs = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| bad("client certificate", cert, &e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| bad("client certificate", cert, &e))?;
+                let key_der =
+                    PrivateKeyDer::from_pem_file(key).map_err(|e| bad("client key", key, &e))?;
+                builder
+                    .with_client_auth_cert(certs, key_der)
+                    .map_err(|e| bad("client certificate and key", cert, &e))?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        Ok(Connector::Rustls(MakeRustlsConnect::new(config)))
+    }
+}
+
+/// `host:port[/dbname]` of the first host (the one a message is about), never credentials.
+fn describe(pg: &tokio_postgres::Config, with_db: bool) -> String {
+    let host = match pg.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = pg.get_ports().first().copied().unwrap_or(5432);
+    let more = if pg.get_hosts().len() > 1 {
+        " (and other hosts)"
+    } else {
+        ""
+    };
+    match (with_db, pg.get_dbname()) {
+        (true, Some(db)) => format!("{host}:{port}/{db}{more}"),
+        _ => format!("{host}:{port}{more}"),
+    }
+}
+
+/// The TLS connector in use (tokio-postgres is generic over it).
+#[derive(Clone)]
+enum Connector {
+    Plain,
+    Rustls(MakeRustlsConnect),
+}
+
+/// A failure inside an operation, mapped to a [`StorageError`] naming the server once.
+enum Fail {
+    Pg(tokio_postgres::Error),
+    Storage(StorageError),
+}
+
+impl From<tokio_postgres::Error> for Fail {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Fail::Pg(e)
+    }
+}
+
+impl From<StorageError> for Fail {
+    fn from(e: StorageError) -> Self {
+        Fail::Storage(e)
+    }
+}
+
+/// Every failure to reach or query PostgreSQL is `Io` (gRPC UNAVAILABLE): the write may or may
+/// not have happened, and the caller may retry.
+fn pg_err(target: &str, e: &tokio_postgres::Error) -> StorageError {
+    match e.as_db_error() {
+        Some(db) => StorageError::Io(format!("PostgreSQL at {target} refused a query: {db}")),
+        None => StorageError::Io(format!("PostgreSQL at {target} is unreachable: {e}")),
+    }
+}
+
+fn pool_err(target: &str, timeout: Duration, e: deadpool_postgres::PoolError) -> StorageError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_err(target, &e),
+        deadpool_postgres::PoolError::Timeout(_) => StorageError::Io(format!(
+            "PostgreSQL at {target} is unreachable (or every connection is busy): no \
+             connection within {} s",
+            timeout.as_secs()
+        )),
+        other => StorageError::Io(format!("PostgreSQL at {target} is unreachable: {other}")),
+    }
+}
+
+/// A stored bigint that must be a positive count (a version or a sequence number).
+fn to_u64(key: &str, v: i64) -> Result<u64, StorageError> {
+    u64::try_from(v).map_err(|_| StorageError::Corrupt(key.to_string()))
+}
+
+fn to_i64(what: &str, v: u64) -> Result<i64, StorageError> {
+    i64::try_from(v)
+        .map_err(|_| StorageError::Io(format!("{what} {v} is too large for PostgreSQL")))
+}
+
+fn check(key: &str, expect: Expect, found: Option<u64>) -> Result<(), StorageError> {
+    let ok = match expect {
+        Expect::Any => true,
+        Expect::Absent => found.is_none(),
+        Expect::Version(v) => found == Some(v),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::Conflict {
+            key: key.to_string(),
+            expected: expect,
+            found: found.unwrap_or(0),
+        })
+    }
+}
+
+/// A PostgreSQL database shared by any number of kms-server nodes.
+#[derive(Clone)]
+pub struct PostgresBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Reads and writes.
+    pool: Pool,
+    /// Advisory locks only (see the module documentation).
+    lock_pool: Pool,
+    /// `host:port`, for messages.
+    target: String,
+    /// Bound on one short operation (get, put, ...) once it has a connection.
+    op_timeout: Duration,
+    /// Bound on waiting for a pooled connection.
+    connect_timeout: Duration,
+    /// Woken on every NOTIFY and after every reconnection of the listener.
+    notify: Arc<Notify>,
+    /// The LISTEN task; stopped with the backend.
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PostgresBackend {
+    /// Connects, checks the server's durability settings, creates or checks the schema, and
+    /// starts the change listener.
+    ///
+    /// Returns `Io` when PostgreSQL cannot be reached within `connect_timeout_secs` (a node
+    /// refuses to start then: an unreachable database at start is an operator error to see at
+    /// once), or when the schema is newer than this binary knows.
+    pub async fn connect(cfg: &PostgresConfig) -> Result<Self, StorageError> {
+        cfg.check().map_err(StorageError::Io)?;
+        let mut pg = cfg.pg_config()?;
+        let connector = cfg.connector()?;
+        let target = describe(&pg, false);
+        let timeout = cfg.connect_timeout();
+
+        let (client, task) = connect_one(&pg, &connector, timeout, &target).await?;
+        let setup = async {
+            let overridden = check_settings(&client, &target).await?;
+            if overridden {
+                // Our own sessions commit durably whatever the server's default.
+                let options = match pg.get_options() {
+                    Some(o) => format!("{o} -c synchronous_commit=on"),
+                    None => "-c synchronous_commit=on".to_string(),
+                };
+                pg.options(options);
+            }
+            migrate(&client, &target).await
+        };
+        let setup = tokio::time::timeout(timeout.saturating_mul(6), setup).await;
+        drop(client);
+        task.abort();
+        match setup {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(StorageError::Io(format!(
+                    "PostgreSQL at {target} did not finish the schema check within {} s",
+                    timeout.as_secs() * 6
+                )));
+            }
+        }
+
+        let pool = build_pool(&pg, &connector, cfg.pool_size, Some(timeout), timeout)?;
+        // Lock waiters may wait as long as a holder holds: no wait bound for a lock connection
+        // (try_lock bounds its own wait).
+        let lock_pool = build_pool(&pg, &connector, (cfg.pool_size / 2).max(2), None, timeout)?;
+        let notify = Arc::new(Notify::new());
+        let listener = tokio::spawn(listen_forever(
+            pg.clone(),
+            connector,
+            notify.clone(),
+            target.clone(),
+            timeout,
+        ));
+        tracing::info!(
+            "storage: PostgreSQL at {} (tls {:?}, {} connections)",
+            describe(&pg, true),
+            cfg.tls,
+            cfg.pool_size
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                lock_pool,
+                target,
+                op_timeout: timeout.saturating_mul(2).max(Duration::from_secs(10)),
+                connect_timeout: timeout,
+                notify,
+                listener,
+            }),
+        })
+    }
+
+    async fn conn(&self) -> Result<Object, StorageError> {
+        self.inner
+            .pool
+            .get()
+            .await
+            .map_err(|e| pool_err(&self.inner.target, self.inner.connect_timeout, e))
+    }
+
+    /// Runs `op` (already holding `conn`) within `limit`. On a timeout the connection is
+    /// discarded (its session may be stuck or mid-transaction; closing it rolls back whatever
+    /// it had not committed) and the outcome is unknown: `Io`.
+    async fn run<T>(
+        &self,
+        mut conn: Object,
+        limit: Duration,
+        op: impl AsyncFnOnce(&mut Object) -> Result<T, Fail>,
+    ) -> Result<T, StorageError> {
+        let r = tokio::time::timeout(limit, op(&mut conn)).await;
+        let target = &self.inner.target;
+        match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(Fail::Storage(e))) => Err(e),
+            Ok(Err(Fail::Pg(e))) => {
+                if e.as_db_error().is_none() {
+                    // A broken connection: do not hand it out again.
+                    drop(Object::take(conn));
+                }
+                Err(pg_err(target, &e))
+            }
+            Err(_) => {
+                drop(Object::take(conn));
+                Err(StorageError::Io(format!(
+                    "PostgreSQL at {target} did not answer within {} s (whether the last \
+                     write happened is unknown)",
+                    limit.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+/// Opens one connection outside the pools (schema set-up), driven by a task of its own.
+async fn connect_one(
+    pg: &tokio_postgres::Config,
+    connector: &Connector,
+    timeout: Duration,
+    target: &str,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), StorageError> {
+    async fn go<T>(
+        pg: &tokio_postgres::Config,
+        tls: T,
+    ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>
+    where
+        T: MakeTlsConnect<Socket>,
+        T::Stream: Send + 'static,
+    {
+        let (client, connection) = pg.connect(tls).await?;
+        let task = tokio::spawn(async move {
+            // The error, if any, reaches the caller through its next query.
+            let _ = connection.await;
+        });
+        Ok((client, task))
+    }
+    let attempt = async {
+        match connector {
+            Connector::Plain => go(pg, NoTls).await,
+            Connector::Rustls(t) => go(pg, t.clone()).await,
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(pg_err(target, &e)),
+        Err(_) => Err(StorageError::Io(format!(
+            "PostgreSQL at {target} is unreachable: no connection within {} s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
+fn build_pool(
+    pg: &tokio_postgres::Config,
+    connector: &Connector,
+    size: usize,
+    wait: Option<Duration>,
+    timeout: Duration,
+) -> Result<Pool, StorageError> {
+    // Fast recycling: a connection whose session ended (a PostgreSQL restart) is seen as
+    // closed and replaced; a broken one is discarded by `run` on its first error.
+    let mc = ManagerConfig {
+        recycling_method: RecyclingMethod::Fast,
+    };
+    let manager = match connector {
+        Connector::Plain => Manager::from_config(pg.clone(), NoTls, mc),
+        Connector::Rustls(t) => Manager::from_config(pg.clone(), t.clone(), mc),
+    };
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(wait)
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .build()
+        .map_err(|e| StorageError::Io(format!("PostgreSQL connection pool: {e}")))
+}
+
+/// Warns loudly when the server may lose acknowledged writes. Returns whether our sessions
+/// must set `synchronous_commit = on` themselves (the server's default is off).
+async fn check_settings(
+    client: &tokio_postgres::Client,
+    target: &str,
+) -> Result<bool, StorageError> {
+    let show = async |name: &str| -> Result<String, StorageError> {
+        let row = client
+            .query_one(&format!("SHOW {name}"), &[])
+            .await
+            .map_err(|e| pg_err(target, &e))?;
+        row.try_get::<_, String>(0).map_err(|e| pg_err(target, &e))
+    };
+    if show("fsync").await? != "on" {
+        tracing::error!(
+            "PostgreSQL at {target} runs with fsync = off: a crash of its machine can lose \
+             keys and changes this KMS acknowledged. Set fsync = on in postgresql.conf"
+        );
+    }
+    let sync = show("synchronous_commit").await?;
+    if sync == "off" {
+        tracing::warn!(
+            "PostgreSQL at {target} has synchronous_commit = off: this server sets it on for \
+             its own sessions, so its acknowledged writes stay durable; set it on in \
+             postgresql.conf (or for the role) to stop this warning"
+        );
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Creates the schema in an empty database, or checks that its version is one this binary
+/// knows, under an advisory lock so that nodes starting together do it once.
+async fn migrate(client: &tokio_postgres::Client, target: &str) -> Result<(), StorageError> {
+    let e = |e: tokio_postgres::Error| pg_err(target, &e);
+    client
+        .execute(
+            "SELECT pg_advisory_lock($1, $2)",
+            &[&SCHEMA_LOCK.0, &SCHEMA_LOCK.1],
+        )
+        .await
+        .map_err(e)?;
+    let r = migrate_locked(client, target).await;
+    // Also released when the set-up connection closes, right after.
+    let _ = client
+        .execute(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&SCHEMA_LOCK.0, &SCHEMA_LOCK.1],
+        )
+        .await;
+    r
+}
+
+async fn migrate_locked(client: &tokio_postgres::Client, target: &str) -> Result<(), StorageError> {
+    let e = |e: tokio_postgres::Error| pg_err(target, &e);
+    client.batch_execute("BEGIN").await.map_err(e)?;
+    let r = async {
+        // Looked up rather than CREATE ... IF NOT EXISTS, which needs the CREATE privilege
+        // even when the table exists.
+        let exists: bool = client
+            .query_one("SELECT to_regclass('kms_schema') IS NOT NULL", &[])
+            .await?
+            .try_get(0)?;
+        let version: Option<i32> = if exists {
+            client
+                .query_opt("SELECT version FROM kms_schema WHERE id = 1", &[])
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?
+        } else {
+            None
+        };
+        Ok::<_, tokio_postgres::Error>(version)
+    }
+    .await;
+    let version = match r {
+        Ok(v) => v,
+        Err(err) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e(err));
+        }
+    };
+    match version {
+        Some(SCHEMA_VERSION) => {
+            client.batch_execute("COMMIT").await.map_err(e)?;
+            Ok(())
+        }
+        Some(v) if v > SCHEMA_VERSION => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(StorageError::Io(format!(
+                "the database at {target} has schema version {v}, newer than this kms-server \
+                 knows ({SCHEMA_VERSION}): a newer kms-server has migrated it. Run that newer \
+                 version on every node (nodes are never downgraded once migrated)"
+            )))
+        }
+        Some(v) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(StorageError::Io(format!(
+                "the database at {target} has schema version {v}, which no kms-server wrote: \
+                 is kms_schema from another program?"
+            )))
+        }
+        None => {
+            let create = async {
+                client
+                    .batch_execute(
+                        "CREATE TABLE IF NOT EXISTS kms_schema \
+                         (id int PRIMARY KEY CHECK (id = 1), version int NOT NULL)",
+                    )
+                    .await?;
+                client.batch_execute(SCHEMA_V1).await?;
+                client
+                    .execute(
+                        "INSERT INTO kms_schema (id, version) VALUES (1, $1)",
+                        &[&SCHEMA_VERSION],
+                    )
+                    .await?;
+                client.batch_execute("COMMIT").await
+            };
+            match create.await {
+                Ok(()) => {
+                    tracing::info!("created the KMS schema (version {SCHEMA_VERSION}) at {target}");
+                    Ok(())
+                }
+                Err(err) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    let hint = if err.code()
+                        == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+                    {
+                        ": the role needs CREATE on the database's schema (e.g. own the database)"
+                    } else {
+                        ""
+                    };
+                    Err(StorageError::Io(format!(
+                        "cannot create the KMS schema at {target}: {}{hint}",
+                        err.as_db_error()
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| err.to_string())
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a connection with `LISTEN kms_changes` open for ever, waking `notify` on every
+/// notification and after every (re)connection (changes may have been missed meanwhile).
+async fn listen_forever(
+    pg: tokio_postgres::Config,
+    connector: Connector,
+    notify: Arc<Notify>,
+    target: String,
+    timeout: Duration,
+) {
+    let mut backoff = Duration::from_millis(50);
+    // Whether the last attempt was listening: a lost connection is logged once per outage.
+    let mut up = true;
+    loop {
+        let mut listening = false;
+        let r = match &connector {
+            Connector::Plain => listen_once(&pg, NoTls, &notify, timeout, &mut listening).await,
+            Connector::Rustls(t) => {
+                listen_once(&pg, t.clone(), &notify, timeout, &mut listening).await
+            }
+        };
+        if listening {
+            backoff = Duration::from_millis(50);
+            if !up {
+                tracing::info!("change listener: PostgreSQL at {target} is reachable again");
+            }
+            up = true;
+        }
+        if up {
+            let why = match r {
+                Ok(()) => "the connection closed".to_string(),
+                Err(e) => e,
+            };
+            tracing::warn!(
+                "change listener: lost PostgreSQL at {target} ({why}); reconnecting every \
+                 second at most, other nodes' changes are seen only by the periodic check \
+                 meanwhile"
+            );
+            up = false;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Wakes the current waiters, and the next caller of `changed` too (a change committed
+/// between two calls is not missed).
+fn wake(notify: &Notify) {
+    notify.notify_waiters();
+    notify.notify_one();
+}
+
+/// One listening connection, until it ends. Sets `listening` once `LISTEN` succeeded.
+async fn listen_once<T>(
+    pg: &tokio_postgres::Config,
+    tls: T,
+    notify: &Notify,
+    timeout: Duration,
+    listening: &mut bool,
+) -> Result<(), String>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, mut connection) = match tokio::time::timeout(timeout, pg.connect(tls)).await {
+        Ok(r) => r.map_err(|e| e.to_string())?,
+        Err(_) => return Err(format!("no connection within {} s", timeout.as_secs())),
+    };
+    let listen = client.batch_execute("LISTEN kms_changes");
+    tokio::pin!(listen);
+    loop {
+        tokio::select! {
+            r = &mut listen, if !*listening => {
+                r.map_err(|e| e.to_string())?;
+                *listening = true;
+                wake(notify);
+            }
+            // The connection is driven here (not in a task of its own) so its notifications
+            // come to us.
+            m = std::future::poll_fn(|cx| connection.poll_message(cx)) => match m {
+                Some(Ok(AsyncMessage::Notification(_))) => wake(notify),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Session advisory locks held on one connection of the lock pool. Dropping it unlocks them
+/// in a spawned task and returns the connection, or discards the connection (which ends the
+/// session, and so releases its locks) if unlocking fails or the locks were not all taken.
+struct PgLock {
+    conn: Option<Object>,
+    /// All asked-for locks are held and no lock query is in flight.
+    complete: bool,
+    timeout: Duration,
+}
+
+impl Drop for PgLock {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        // An acquisition cut short may still have a lock query waiting in the session: only
+        // ending the session is sure to leave nothing held.
+        let runtime = tokio::runtime::Handle::try_current();
+        match (self.complete, runtime) {
+            (true, Ok(rt)) => {
+                let timeout = self.timeout;
+                rt.spawn(async move {
+                    match tokio::time::timeout(timeout, conn.execute(UNLOCK_ALL, &[])).await {
+                        Ok(Ok(_)) => drop(conn),
+                        _ => drop(Object::take(conn)),
+                    }
+                });
+            }
+            _ => drop(Object::take(conn)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for PostgresBackend {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+        let conn = self.conn().await?;
+        self.run(conn, self.inner.op_timeout, async |c: &mut Object| {
+            let stmt = c.prepare_cached(GET).await?;
+            let Some(row) = c.query_opt(&stmt, &[&key]).await? else {
+                return Ok(None);
+            };
+            let value: Vec<u8> = row.try_get(0)?;
+            let version = to_u64(key, row.try_get(1)?)?;
+            Ok(Some(Versioned { version, value }))
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<u64, StorageError> {
+        let conn = self.conn().await?;
+        self.run(conn, self.inner.op_timeout, async |c: &mut Object| {
+            let tx = c.transaction().await?;
+            // First: takes the clock's row lock (writers commit in sequence order).
+            let seq: i64 = tx
+                .query_one(&tx.prepare_cached(BUMP_CLOCK).await?, &[])
+                .await?
+                .try_get(0)?;
+            let found = match tx
+                .query_opt(&tx.prepare_cached(READ_FOR_UPDATE).await?, &[&key])
+                .await?
+            {
+                Some(row) => Some(to_u64(key, row.try_get(0)?)?),
+                None => None,
+            };
+            if let Err(e) = check(key, expect, found) {
+                tx.rollback().await?;
+                return Err(e.into());
+            }
+            let version = found.unwrap_or(0) + 1;
+            let v = to_i64("version", version)?;
+            tx.execute(
+                &tx.prepare_cached(UPSERT).await?,
+                &[&key, &value.as_slice(), &v, &seq],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(version)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> Result<(), StorageError> {
+        let conn = self.conn().await?;
+        self.run(conn, self.inner.op_timeout, async |c: &mut Object| {
+            let tx = c.transaction().await?;
+            tx.query_one(&tx.prepare_cached(BUMP_CLOCK).await?, &[])
+                .await?;
+            let found = match tx
+                .query_opt(&tx.prepare_cached(READ_FOR_UPDATE).await?, &[&key])
+                .await?
+            {
+                Some(row) => Some(to_u64(key, row.try_get(0)?)?),
+                None => None,
+            };
+            if let Err(e) = check(key, expect, found) {
+                tx.rollback().await?;
+                return Err(e.into());
+            }
+            if found.is_none() {
+                // Nothing to delete: nothing to commit either.
+                tx.rollback().await?;
+                return Ok(());
+            }
+            tx.execute(&tx.prepare_cached(DELETE).await?, &[&key])
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let conn = self.conn().await?;
+        self.run(conn, self.inner.op_timeout, async |c: &mut Object| {
+            let stmt = c.prepare_cached(LIST).await?;
+            let rows = c.query(&stmt, &[&prefix]).await?;
+            rows.iter()
+                .map(|r| r.try_get::<_, String>(0).map_err(Fail::from))
+                .collect()
+        })
+        .await
+    }
+
+    async fn snapshot(&self) -> Result<Vec<(String, Versioned)>, StorageError> {
+        let conn = self.conn().await?;
+        self.run(conn, SNAPSHOT_TIMEOUT, async |c: &mut Object| {
+            // One consistent view that does not block writers.
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let rows = tx
+                .query(
+                    "SELECT key, value, version FROM kms_records ORDER BY key",
+                    &[],
+                )
+                .await?;
+            tx.commit().await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let key: String = row.try_get(0)?;
+                let value: Vec<u8> = row.try_get(1)?;
+                let version = to_u64(&key, row.try_get(2)?)?;
+                out.push((key, Versioned { version, value }));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn restore(&self, records: Vec<(String, Versioned)>) -> Result<(), StorageError> {
+        let conn = self.conn().await?;
+        let target = self.inner.target.clone();
+        self.run(conn, SNAPSHOT_TIMEOUT, async |c: &mut Object| {
+            let tx = c.transaction().await?;
+            // The clock's row lock keeps every writer out until this commits.
+            let seq: i64 = tx
+                .query_one("SELECT seq FROM kms_clock WHERE id = 1 FOR UPDATE", &[])
+                .await?
+                .try_get(0)?;
+            let held: i64 = tx
+                .query_one("SELECT count(*) FROM kms_records", &[])
+                .await?
+                .try_get(0)?;
+            if held > 0 {
+                tx.rollback().await?;
+                return Err(StorageError::NotEmpty(format!(
+                    "the PostgreSQL database at {target} already holds {held} records: \
+                     restore only into an empty database (a new database, or drop the \
+                     kms_records rows after a backup of them); nothing was written"
+                ))
+                .into());
+            }
+            let stmt = tx
+                .prepare_cached(
+                    "INSERT INTO kms_records (key, value, version, changed) \
+                     SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[], $4::int8[])",
+                )
+                .await?;
+            // Each record gets a sequence number of its own beyond the clock, as if written
+            // one by one.
+            let mut next = seq;
+            for batch in records.chunks(RESTORE_BATCH) {
+                let mut keys = Vec::with_capacity(batch.len());
+                let mut values = Vec::with_capacity(batch.len());
+                let mut versions = Vec::with_capacity(batch.len());
+                let mut changed = Vec::with_capacity(batch.len());
+                for (key, rec) in batch {
+                    if rec.version == 0 {
+                        return Err(StorageError::Corrupt(key.clone()).into());
+                    }
+                    next += 1;
+                    keys.push(key.as_str());
+                    values.push(rec.value.as_slice());
+                    versions.push(to_i64("version", rec.version)?);
+                    changed.push(next);
+                }
+                tx.execute(&stmt, &[&keys, &values, &versions, &changed])
+                    .await?;
+            }
+            tx.execute("UPDATE kms_clock SET seq = $1 WHERE id = 1", &[&next])
+                .await?;
+            tx.execute("SELECT pg_notify('kms_changes', '')", &[])
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn change_seq(&self) -> Result<u64, StorageError> {
+        let conn = self.conn().await?;
+        self.run(conn, self.inner.op_timeout, async |c: &mut Object| {
+            let seq: i64 = c
+                .query_one(&c.prepare_cached(CLOCK).await?, &[])
+                .await?
+                .try_get(0)?;
+            Ok(to_u64("kms_clock", seq)?)
+        })
+        .await
+    }
+
+    async fn changes_since(&self, seq: u64) -> Result<Changes, StorageError> {
+        let from = to_i64("sequence position", seq)?;
+        let conn = self.conn().await?;
+        self.run(conn, self.inner.op_timeout, async |c: &mut Object| {
+            // The clock first: every change numbered up to it is committed (writers commit in
+            // sequence order), so the query below, run after, sees them all.
+            let now: i64 = c
+                .query_one(&c.prepare_cached(CLOCK).await?, &[])
+                .await?
+                .try_get(0)?;
+            let rows = c
+                .query(&c.prepare_cached(CHANGES).await?, &[&from, &CHANGES_LIMIT])
+                .await?;
+            let mut keys = Vec::with_capacity(rows.len());
+            let mut last = from;
+            for row in &rows {
+                keys.push(row.try_get::<_, String>(0)?);
+                last = row.try_get(1)?;
+            }
+            // A full page: go on from its last change; otherwise everything up to the clock
+            // has been seen. Changes past it may be listed again next time (harmless).
+            let reached = if rows.len() as i64 >= CHANGES_LIMIT {
+                last
+            } else {
+                now.max(from)
+            };
+            Ok(Changes {
+                seq: to_u64("kms_clock", reached)?,
+                keys,
+            })
+        })
+        .await
+    }
+
+    async fn changed(&self) {
+        self.inner.notify.notified().await
+    }
+
+    async fn lock(&self, names: &[String]) -> Result<LockGuard, StorageError> {
+        let mut sorted: Vec<&String> = names.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        let target = &self.inner.target;
+        let conn = self
+            .inner
+            .lock_pool
+            .get()
+            .await
+            .map_err(|e| pool_err(target, self.inner.connect_timeout, e))?;
+        // Built before the first lock query: if this future is dropped while waiting, the
+        // guard discards the session and nothing stays locked.
+        let mut guard = PgLock {
+            conn: Some(conn),
+            complete: false,
+            timeout: self.inner.op_timeout,
+        };
+        for name in sorted {
+            let Some(conn) = guard.conn.as_ref() else {
+                return Err(StorageError::Io("lock connection lost".into()));
+            };
+            // No time bound: a lock is waited for as long as its holder holds it. A dead
+            // database ends the wait with an error (keepalives, tcp_user_timeout).
+            let stmt = conn
+                .prepare_cached(LOCK)
+                .await
+                .map_err(|e| pg_err(target, &e))?;
+            conn.execute(&stmt, &[name])
+                .await
+                .map_err(|e| pg_err(target, &e))?;
+        }
+        guard.complete = true;
+        Ok(LockGuard::new(guard))
+    }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, StorageError> {
+        let target = &self.inner.target;
+        let timeouts = deadpool_postgres::Timeouts {
+            wait: Some(self.inner.connect_timeout),
+            create: Some(self.inner.connect_timeout),
+            recycle: Some(self.inner.connect_timeout),
+        };
+        let conn = self
+            .inner
+            .lock_pool
+            .timeout_get(&timeouts)
+            .await
+            .map_err(|e| pool_err(target, self.inner.connect_timeout, e))?;
+        let mut guard = PgLock {
+            conn: Some(conn),
+            complete: false,
+            timeout: self.inner.op_timeout,
+        };
+        let Some(conn) = guard.conn.as_ref() else {
+            return Err(StorageError::Io("lock connection lost".into()));
+        };
+        let query = async {
+            let stmt = conn.prepare_cached(TRY_LOCK).await?;
+            conn.query_one(&stmt, &[&name]).await?.try_get::<_, bool>(0)
+        };
+        let taken = match tokio::time::timeout(self.inner.op_timeout, query).await {
+            Ok(r) => r.map_err(|e| pg_err(target, &e))?,
+            Err(_) => {
+                return Err(StorageError::Io(format!(
+                    "PostgreSQL at {target} did not answer a lock request within {} s",
+                    self.inner.op_timeout.as_secs()
+                )));
+            }
+        };
+        guard.complete = true;
+        if taken {
+            Ok(Some(LockGuard::new(guard)))
+        } else {
+            // Nothing held: the connection goes back to the pool as it is.
+            if let Some(conn) = guard.conn.take() {
+                drop(conn);
+            }
+            Ok(None)
+        }
+    }
+}
