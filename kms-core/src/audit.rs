@@ -288,6 +288,17 @@ impl Verifier {
     /// previous line's hash; [`VerifyError::HeadMismatch`] if it has the sealed head's seq but
     /// not its hash.
     pub fn push(&mut self, line: &str, had_newline: bool) -> Result<(), VerifyError> {
+        self.push_record(line, had_newline).map(drop)
+    }
+
+    /// [`Verifier::push`], also returning the record the line holds (`None` for a torn line),
+    /// so a caller can check more of it (e.g. that every record of a file names one node)
+    /// without parsing the line a second time.
+    pub fn push_record(
+        &mut self,
+        line: &str,
+        had_newline: bool,
+    ) -> Result<Option<Record>, VerifyError> {
         if let Some(torn) = self.torn {
             return Err(VerifyError::Bad {
                 line: torn,
@@ -303,7 +314,7 @@ impl Verifier {
             // A write cut short by a crash: a prefix of a record, never a complete one.
             Err(_) if !had_newline => {
                 self.torn = Some(n);
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => {
                 return Err(VerifyError::Bad {
@@ -361,7 +372,7 @@ impl Verifier {
         self.records += 1;
         self.last_seq = record.seq;
         self.last_hash = hash;
-        Ok(())
+        Ok(Some(record))
     }
 
     /// Ends the check. Returns [`VerifyError::Truncated`] if a sealed head was given and the
@@ -600,6 +611,18 @@ mod tests {
         // A complete line without a newline between files is a normal record.
         let input = lines.iter().enumerate().map(|(i, l)| (l.clone(), i != 2));
         assert_eq!(verify(input, None).map(|r| r.records), Ok(5));
+    }
+
+    #[test]
+    fn push_record_returns_each_record_and_none_for_a_torn_line() {
+        let (lines, _) = five();
+        let mut v = Verifier::new(None);
+        for (i, l) in lines.iter().enumerate() {
+            let r = v.push_record(l, true).expect("chains").expect("a record");
+            assert_eq!((r.seq, r.node.as_str()), (i as u64 + 1, "node-1"));
+        }
+        assert_eq!(v.push_record("{\"seq\":6,\"ti", false), Ok(None));
+        assert_eq!(v.finish().map(|r| r.torn_last_line), Ok(true));
     }
 
     #[test]
