@@ -7,17 +7,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use kms_server::storage::{Backend, Expect, SledBackend, StorageError, Versioned};
+use kms_server::storage::{
+    Backend, Expect, PostgresBackend, PostgresConfig, SledBackend, StorageError, Versioned,
+};
+use kms_tests::pg::PgServer;
 
 /// What a check runs against: a store it can open (again), and a second, empty one.
 enum Env {
     Sled {
         dir: tempfile::TempDir,
         other: tempfile::TempDir,
+    },
+    Postgres {
+        pg: Mutex<PgServer>,
+        url: String,
+        /// The second database, created on first use.
+        other_url: OnceLock<String>,
     },
 }
 
@@ -29,10 +38,22 @@ impl Env {
         }
     }
 
-    /// Opens the store (again). Reopening sled needs every earlier handle dropped.
+    /// A private PostgreSQL server with an empty database.
+    fn postgres() -> Self {
+        let pg = tokio::task::block_in_place(PgServer::start);
+        Env::Postgres {
+            url: pg.url(),
+            pg: Mutex::new(pg),
+            other_url: OnceLock::new(),
+        }
+    }
+
+    /// Opens the store (again): one more node on the same database for PostgreSQL. Reopening
+    /// sled needs every earlier handle dropped.
     async fn open(&self) -> Arc<dyn Backend> {
         match self {
             Env::Sled { dir, .. } => Arc::new(SledBackend::open(dir.path()).unwrap()),
+            Env::Postgres { url, .. } => Arc::new(connect(url).await),
         }
     }
 
@@ -40,6 +61,20 @@ impl Env {
     async fn open_other(&self) -> Arc<dyn Backend> {
         match self {
             Env::Sled { other, .. } => Arc::new(SledBackend::open(other.path()).unwrap()),
+            Env::Postgres { pg, other_url, .. } => {
+                let url = other_url.get_or_init(|| {
+                    tokio::task::block_in_place(|| pg.lock().unwrap().create_database("other"))
+                });
+                Arc::new(connect(url).await)
+            }
+        }
+    }
+
+    /// The PostgreSQL server (PostgreSQL-only checks).
+    fn pg(&self) -> std::sync::MutexGuard<'_, PgServer> {
+        match self {
+            Env::Postgres { pg, .. } => pg.lock().unwrap(),
+            Env::Sled { .. } => panic!("a PostgreSQL-only check"),
         }
     }
 
@@ -49,8 +84,22 @@ impl Env {
     fn crash_restart(&self) {
         match self {
             Env::Sled { .. } => {}
+            Env::Postgres { pg, .. } => tokio::task::block_in_place(|| {
+                let mut pg = pg.lock().unwrap();
+                pg.kill();
+                pg.start_again();
+            }),
         }
     }
+}
+
+/// A PostgreSQL backend on `url`, configured as a kms-server `[storage]` section would.
+async fn connect(url: &str) -> PostgresBackend {
+    let cfg: PostgresConfig =
+        toml::from_str(&format!("url = \"{url}\"\ntls = \"disable\"")).unwrap();
+    guard("connect", PostgresBackend::connect(&cfg))
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL: {e}"))
 }
 
 /// Hang guard: a storage call that does not answer within this fails the test.
@@ -447,15 +496,221 @@ async fn locks_exclude_between(a: Arc<dyn Backend>, b: Arc<dyn Backend>) {
     assert!(y.is_some());
     drop(y);
     drop(g);
-    let x = guard("try_lock", a.try_lock("x")).await.unwrap();
-    assert!(
-        x.is_some(),
-        "try_lock must succeed once the lock is released"
-    );
+    let x = try_lock_once_released(&*a, "x").await;
     // try_lock's guard excludes too.
     assert!(guard("try_lock", b.try_lock("x")).await.unwrap().is_none());
     drop(x);
-    assert!(guard("try_lock", b.try_lock("x")).await.unwrap().is_some());
+    drop(try_lock_once_released(&*b, "x").await);
+}
+
+/// `try_lock(name)` until it succeeds (hang guard only). A dropped guard's lock is free at
+/// once on sled; PostgreSQL releases it with a query sent from the guard's `Drop`, so another
+/// caller may still find it held for a round trip.
+async fn try_lock_once_released(b: &dyn Backend, name: &str) -> kms_server::storage::LockGuard {
+    guard("try_lock once released", async {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if let Some(g) = b.try_lock(name).await.unwrap() {
+                if tries > 1 {
+                    eprintln!(
+                        "{}: try_lock({name}) after a release: {tries} tries",
+                        b.name()
+                    );
+                }
+                return g;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+// ---- PostgreSQL only: several nodes on one database ----------------------------------------
+
+/// Waits (hang guard only) until `b.changed()` has resolved and a change of `key` since `seq`
+/// is listed; returns how many times `changed` resolved.
+async fn wait_for_change(
+    b: &dyn Backend,
+    mut changed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>,
+    seq: u64,
+    key: &str,
+) -> u32 {
+    let mut wakeups = 0;
+    loop {
+        guard("changed()", &mut changed).await;
+        wakeups += 1;
+        let c = b.changes_since(seq).await.unwrap();
+        if c.keys.iter().any(|k| k == key) {
+            return wakeups;
+        }
+        changed = b.changed();
+    }
+}
+
+/// The keys in the order of their last occurrence.
+fn last_occurrences(keys: &[String]) -> Vec<&str> {
+    let mut out: Vec<&str> = Vec::new();
+    for k in keys {
+        out.retain(|x| x != k);
+        out.push(k);
+    }
+    out
+}
+
+/// A `changed()` future of `b` that has been polled once, so it is registered, and is still
+/// pending (wake-ups left over from earlier changes are used up first).
+async fn armed_changed(
+    b: &dyn Backend,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    for _ in 0..100 {
+        let mut f = b.changed();
+        if tokio::time::timeout(Duration::ZERO, &mut f).await.is_err() {
+            return f;
+        }
+    }
+    panic!("changed() keeps resolving with no change being made");
+}
+
+/// Two backends on one database (two nodes) see each other's writes at once; `changes_since`
+/// lists the other's puts in commit order (not its deletes); `changed()` resolves after the
+/// other writes; locks exclude across the two; concurrent writers on both lose nothing.
+async fn two_nodes_share_one_store(env: &Env) {
+    let a = env.open().await;
+    let b = env.open().await;
+    assert!(a.shared() && b.shared());
+    assert_eq!(a.name(), "postgres");
+
+    a.put("k", b"from a".to_vec(), Expect::Absent)
+        .await
+        .unwrap();
+    assert_eq!(b.get("k").await.unwrap(), Some(v(1, b"from a")));
+    b.put("k", b"from b".to_vec(), Expect::Version(1))
+        .await
+        .unwrap();
+    assert_eq!(a.get("k").await.unwrap(), Some(v(2, b"from b")));
+    let r = a.put("k", b"stale".to_vec(), Expect::Version(1)).await;
+    assert_eq!(conflict_found(r), (Expect::Version(1), 2));
+
+    // The change sequence: b's puts, as a sees them, in commit order.
+    let seq0 = a.change_seq().await.unwrap();
+    assert_eq!(b.change_seq().await.unwrap(), seq0);
+    let changed = armed_changed(&*a).await;
+    let t0 = Instant::now();
+    b.put("x/1", b"1".to_vec(), Expect::Any).await.unwrap();
+    let wakeups = wait_for_change(&*a, changed, seq0, "x/1").await;
+    eprintln!(
+        "node A saw node B's put {:?} after it returned ({wakeups} wake-ups)",
+        t0.elapsed()
+    );
+    b.put("x/2", b"2".to_vec(), Expect::Any).await.unwrap();
+    b.put("x/1", b"3".to_vec(), Expect::Any).await.unwrap();
+    let c = a.changes_since(seq0).await.unwrap();
+    // "A key may repeat": each key at least at its last put, and those in commit order.
+    assert_eq!(last_occurrences(&c.keys), vec!["x/2", "x/1"], "{c:?}");
+    assert_eq!(c.seq, a.change_seq().await.unwrap());
+    assert!(c.seq >= seq0 + 3);
+    // Nothing new since then: nothing listed, position kept.
+    let again = a.changes_since(c.seq).await.unwrap();
+    assert!(again.keys.is_empty());
+    assert_eq!(again.seq, c.seq);
+    // A delete moves the sequence but is not listed.
+    b.delete("x/2", Expect::Any).await.unwrap();
+    let after_delete = a.changes_since(c.seq).await.unwrap();
+    assert!(after_delete.keys.is_empty(), "{after_delete:?}");
+    assert!(a.change_seq().await.unwrap() > c.seq);
+    assert_eq!(a.get("x/2").await.unwrap(), None);
+
+    locks_exclude_between(a.clone(), b.clone()).await;
+
+    a.delete("k", Expect::Any).await.unwrap();
+    concurrent_writers_on(&[a, b]).await;
+}
+
+/// PostgreSQL unreachable (stopped, then killed): calls fail with `Io` in bounded time, a
+/// write that failed is not half-done, and once PostgreSQL is back the same backend works
+/// again and `changed()` fires (changes may have been missed) without being reopened.
+async fn unreachable_database_then_recovers(env: &Env) {
+    let a = env.open().await;
+    a.put("k", b"1".to_vec(), Expect::Absent).await.unwrap();
+    let mut n = 1;
+    for how in ["stop", "kill"] {
+        tokio::task::block_in_place(|| match how {
+            "stop" => env.pg().stop(),
+            _ => env.pg().kill(),
+        });
+        let t = Instant::now();
+        let r = guard("get with PostgreSQL down", a.get("k")).await;
+        let get_time = t.elapsed();
+        match r {
+            Err(StorageError::Io(msg)) => {
+                eprintln!("after {how}: get failed in {get_time:?}: {msg}");
+                assert!(
+                    msg.contains("127.0.0.1"),
+                    "the message names the database: {msg}"
+                );
+            }
+            other => panic!("get with PostgreSQL down ({how}): expected Io, got {other:?}"),
+        }
+        let t = Instant::now();
+        let r = guard(
+            "put with PostgreSQL down",
+            a.put("k", b"lost".to_vec(), Expect::Version(n)),
+        )
+        .await;
+        assert!(matches!(r, Err(StorageError::Io(_))), "{r:?}");
+        let r = guard("list with PostgreSQL down", a.list("")).await;
+        assert!(matches!(r, Err(StorageError::Io(_))), "{r:?}");
+        let r = guard("try_lock with PostgreSQL down", a.try_lock("l")).await;
+        assert!(
+            matches!(r, Err(StorageError::Io(_))),
+            "{:?}",
+            r.map(|g| g.is_some())
+        );
+        let r = guard("lock with PostgreSQL down", a.lock(&["l".to_string()])).await;
+        assert!(matches!(r, Err(StorageError::Io(_))), "{:?}", r.map(|_| ()));
+        eprintln!(
+            "after {how}: put, list, try_lock, lock failed in {:?}",
+            t.elapsed()
+        );
+
+        let changed = armed_changed(&*a).await;
+        tokio::task::block_in_place(|| env.pg().start_again());
+        // The listener reconnects and says so: changes may have been missed.
+        guard("changed() after PostgreSQL came back", changed).await;
+        let t = Instant::now();
+        let mut attempts = 0;
+        let got = loop {
+            attempts += 1;
+            match a.get("k").await {
+                Ok(got) => break got,
+                Err(e) if attempts < 3 => eprintln!("after {how}, restarted: get failed: {e}"),
+                Err(e) => panic!("after {how}: the backend did not recover: {e}"),
+            }
+        };
+        eprintln!(
+            "after {how}, restarted: get answered in {:?} ({attempts} attempt(s))",
+            t.elapsed()
+        );
+        // The failed put wrote nothing.
+        assert_eq!(got, Some(v(n, n.to_string().as_bytes())));
+        n += 1;
+        a.put("k", n.to_string().into_bytes(), Expect::Version(n - 1))
+            .await
+            .unwrap();
+        assert!(a.try_lock("l").await.unwrap().is_some());
+        drop(a.lock(&["l".to_string()]).await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_two_nodes_share_one_store() {
+    two_nodes_share_one_store(&Env::postgres()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_unreachable_database_then_recovers() {
+    unreachable_database_then_recovers(&Env::postgres()).await;
 }
 
 // ---- the tests: each check on each backend -------------------------------------------------
@@ -466,6 +721,11 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $sled() {
                 $check(&Env::sled()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $postgres() {
+                $check(&Env::postgres()).await;
             }
         )*
     };
