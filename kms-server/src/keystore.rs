@@ -232,7 +232,7 @@ impl Keystore {
         let verified = self.follow.verified.load(Ordering::Acquire);
         let now = self.follow.origin.elapsed().as_millis() as u64 + 1;
         let bound = self.follow.max_staleness.as_millis() as u64;
-        if verified != 0 && now.saturating_sub(verified) <= bound {
+        if verified != 0 && now.saturating_sub(verified) < bound {
             return Ok(());
         }
         Err(KmsError::Unavailable(format!(
@@ -264,6 +264,13 @@ impl Keystore {
             let changes = backend.changes_since(from).await?;
             if changes.keys.is_empty() {
                 break;
+            }
+            // A new seal configuration first: records changed in the same batch may be sealed
+            // under a barrier term only its keyring has.
+            if changes.keys.iter().any(|k| k == crate::seal::SEAL_PATH)
+                && self.seal.reload_config().await? == crate::seal::Reloaded::Sealed
+            {
+                self.clear();
             }
             let mut ids: Vec<KeyId> = Vec::new();
             for path in &changes.keys {

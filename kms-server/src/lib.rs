@@ -97,7 +97,14 @@ pub async fn serve(
     seal: Arc<Seal>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let keystore = Arc::new(keystore::Keystore::new(seal.clone(), config.keys.clone()));
+    // On a shared store (several nodes), the longest the key cache serves unchecked.
+    let staleness = match &config.storage {
+        StorageConfig::Postgres(pg) => pg.max_staleness(),
+        StorageConfig::Sled { .. } => std::time::Duration::from_secs(1),
+    };
+    let keystore = Arc::new(
+        keystore::Keystore::new(seal.clone(), config.keys.clone()).with_max_staleness(staleness),
+    );
     sink.attach_keystore(keystore.clone());
     let mfa = Arc::new(mfa::Mfa::new(seal.clone()));
     authz.attach_mfa(mfa.clone());
@@ -125,6 +132,16 @@ pub async fn serve(
     // Health changes are published by the Operator service before it answers, so a client that
     // saw "unsealed" never then reads a stale NOT_SERVING.
     service::publish_health(&health, seal.status().await.sealed).await;
+    let follower = seal.backend().shared().then(|| {
+        tokio::spawn(follow_store(
+            keystore.clone(),
+            seal.clone(),
+            mfa.clone(),
+            authz.clone(),
+            health.clone(),
+            staleness,
+        ))
+    });
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -190,6 +207,7 @@ pub async fn serve(
         .add_service(
             kms_proto::v1::policy_server::PolicyServer::new(authz::PolicyService::new(
                 authz.clone(),
+                seal.clone(),
             ))
             .max_decoding_message_size(max_message),
         )
@@ -214,6 +232,9 @@ pub async fn serve(
     // Drop every secret before returning.
     scheduler.abort();
     reloader.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     head_sealer.abort();
     if let Some(s) = shipper {
         s.abort();
@@ -238,6 +259,66 @@ async fn reload_on_sighup(authz: Arc<Authz>) {
     while hup.recv().await.is_some() {
         if let Err(e) = authz.reload() {
             tracing::error!(error = %e, "policy reload refused; the previous policies stay in force");
+        }
+    }
+}
+
+/// Follows the changes other nodes commit to a shared store: at once when PostgreSQL notifies
+/// one, and at least every quarter of the staleness bound (so a lost notification, or a
+/// reconnection, costs at most that). Key changes go into the cache (`Keystore::catch_up`);
+/// a changed seal configuration is reloaded (this node seals itself if a rekey elsewhere made
+/// its root key stale), a policy reload made on another node reloads this node's policy
+/// directory, and changed MFA enrolments are read again.
+async fn follow_store(
+    keystore: Arc<keystore::Keystore>,
+    seal: Arc<Seal>,
+    mfa: Arc<mfa::Mfa>,
+    authz: Arc<Authz>,
+    health: tonic_health::server::HealthReporter,
+    staleness: std::time::Duration,
+) {
+    let poll = (staleness / 4).max(std::time::Duration::from_millis(25));
+    let backend = seal.backend().clone();
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = backend.changed() => {}
+            () = tokio::time::sleep(poll) => {}
+        }
+        if let Err(e) = keystore.catch_up().await {
+            if !failing {
+                tracing::error!(error = %e, "cannot follow the changes of other nodes; this node refuses key use until it can (UNAVAILABLE)");
+                failing = true;
+            }
+            continue;
+        }
+        if failing {
+            tracing::warn!("following the changes of other nodes again; serving");
+            failing = false;
+        }
+        for path in keystore.take_other_changes() {
+            if path == seal::SEAL_PATH {
+                // Reloaded by the catch-up; a rekey elsewhere may have sealed this node.
+                if seal.status().await.sealed {
+                    keystore.clear();
+                    mfa.clear();
+                    service::publish_health(&health, true).await;
+                }
+            } else if path == authz::POLICY_RELOAD_PATH {
+                match authz.reload() {
+                    Ok(rules) => tracing::info!(rules, "policies reloaded (asked on another node)"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "policy reload asked on another node refused; the previous policies stay in force")
+                    }
+                }
+            } else if path.starts_with("mfa/") {
+                match mfa.load().await {
+                    Ok(()) | Err(KmsError::Sealed) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reload MFA enrolments changed by another node")
+                    }
+                }
+            }
         }
     }
 }

@@ -190,6 +190,27 @@ impl Seal {
     pub async fn unseal(&self, text: &str) -> Result<SealStatus, KmsError> {
         let share: Share = text.parse()?;
         let mut inner = self.inner.lock().await;
+        // On a shared store another node may have initialised or rekeyed moments ago (before
+        // this node followed the change): a share this node cannot place is checked against
+        // the stored configuration first. Sealed, so nothing else depends on the old one.
+        let stale = inner
+            .config
+            .as_ref()
+            .is_none_or(|c| c.set_id != share.set_id());
+        if self.backend.shared()
+            && stale
+            && matches!(inner.state, State::Sealed { .. })
+            && let Some(fresh) = read_config(self.backend.as_ref()).await?
+            && inner
+                .config
+                .as_ref()
+                .is_none_or(|c| c.version < fresh.version)
+        {
+            inner.config = Some(fresh);
+            inner.state = State::Sealed {
+                submitted: Vec::new(),
+            };
+        }
         let Inner { config, state } = &mut *inner;
         let config = config.as_ref().ok_or(KmsError::NotInitialized)?;
         let State::Sealed { submitted } = state else {

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod cluster;
 pub mod pg;
 
 use std::io::{BufRead, BufReader};
@@ -378,6 +379,16 @@ impl Server {
         self.client_env(Command::new(bin("kms-bench")).args(args))
             .stdin(Stdio::null())
             .output()
+            .unwrap()
+    }
+
+    /// [`Server::bench`] in the background: its output is read from the returned child.
+    pub fn bench_spawn(&self, args: &[&str]) -> Child {
+        self.client_env(Command::new(bin("kms-bench")).args(args))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap()
     }
 }
