@@ -201,7 +201,10 @@ impl PostgresConfig {
     /// field (never the url's text).
     pub fn check(&self) -> Result<(), String> {
         let pg = tokio_postgres::Config::from_str(&self.url).map_err(|e| {
-            format!("[storage] url is not a valid PostgreSQL connection string or URI: {e}")
+            format!(
+                "[storage] url is not a valid PostgreSQL connection string or URI: {}",
+                with_causes(&e)
+            )
         })?;
         if pg.get_hosts().is_empty() {
             return Err("[storage] url names no host (host=... or postgresql://HOST/...)".into());
@@ -386,8 +389,24 @@ impl From<StorageError> for Fail {
 fn pg_err(target: &str, e: &tokio_postgres::Error) -> StorageError {
     match e.as_db_error() {
         Some(db) => StorageError::Io(format!("PostgreSQL at {target} refused a query: {db}")),
-        None => StorageError::Io(format!("PostgreSQL at {target} is unreachable: {e}")),
+        None => StorageError::Io(format!(
+            "PostgreSQL at {target} is unreachable: {}",
+            with_causes(e)
+        )),
     }
+}
+
+/// `e` and its chain of causes ("error connecting to server: Connection refused"): the
+/// driver's own text says only what it was doing.
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn pool_err(target: &str, timeout: Duration, e: deadpool_postgres::PoolError) -> StorageError {
@@ -521,7 +540,7 @@ impl PostgresBackend {
                 pool,
                 lock_pool,
                 target,
-                op_timeout: timeout.saturating_mul(2).max(Duration::from_secs(10)),
+                op_timeout: timeout.saturating_mul(2),
                 connect_timeout: timeout,
                 notify,
                 listener,
@@ -771,7 +790,7 @@ async fn migrate_locked(client: &tokio_postgres::Client, target: &str) -> Result
                         "cannot create the KMS schema at {target}: {}{hint}",
                         err.as_db_error()
                             .map(|d| d.to_string())
-                            .unwrap_or_else(|| err.to_string())
+                            .unwrap_or_else(|| with_causes(&err))
                     )))
                 }
             }
@@ -844,7 +863,7 @@ where
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
     let (client, mut connection) = match tokio::time::timeout(timeout, pg.connect(tls)).await {
-        Ok(r) => r.map_err(|e| e.to_string())?,
+        Ok(r) => r.map_err(|e| with_causes(&e))?,
         Err(_) => return Err(format!("no connection within {} s", timeout.as_secs())),
     };
     let listen = client.batch_execute("LISTEN kms_changes");
@@ -852,7 +871,7 @@ where
     loop {
         tokio::select! {
             r = &mut listen, if !*listening => {
-                r.map_err(|e| e.to_string())?;
+                r.map_err(|e| with_causes(&e))?;
                 *listening = true;
                 wake(notify);
             }
@@ -861,7 +880,7 @@ where
             m = std::future::poll_fn(|cx| connection.poll_message(cx)) => match m {
                 Some(Ok(AsyncMessage::Notification(_))) => wake(notify),
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(e.to_string()),
+                Some(Err(e)) => return Err(with_causes(&e)),
                 None => return Ok(()),
             }
         }
@@ -1219,5 +1238,325 @@ impl Backend for PostgresBackend {
             }
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(text: &str) -> Result<PostgresConfig, String> {
+        let cfg: PostgresConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Defaults, bounds, and the TLS settings that go together.
+    #[test]
+    fn config_defaults_and_checks() {
+        let cfg = parse("url = \"host=127.0.0.1 dbname=kms\"\ntls = \"disable\"\n").unwrap();
+        assert_eq!(cfg.pool_size, 16);
+        assert_eq!(cfg.connect_timeout_secs, 5);
+        assert_eq!(cfg.max_staleness(), Duration::from_millis(1000));
+        assert_eq!(cfg.target(), "127.0.0.1:5432/kms");
+        let uri =
+            parse("url = \"postgresql://kms@db.example:6432/keys\"\nca = \"ca.pem\"\n").unwrap();
+        assert_eq!(uri.tls, PostgresTls::VerifyFull);
+        assert_eq!(uri.target(), "db.example:6432/keys");
+
+        let refused = [
+            // verify-full (the default) without a CA
+            "url = \"host=db\"\n",
+            "url = \"host=db\"\ntls = \"disable\"\nca = \"ca.pem\"\n",
+            "url = \"host=db\"\nca = \"ca.pem\"\ncert = \"c.pem\"\n",
+            "url = \"host=/run/postgresql\"\nca = \"ca.pem\"\n",
+            "url = \"host=db\"\ntls = \"disable\"\nmax_staleness_ms = 99\n",
+            "url = \"host=db\"\ntls = \"disable\"\nmax_staleness_ms = 60001\n",
+            "url = \"host=db\"\ntls = \"disable\"\npool_size = 0\n",
+            "url = \"host=db\"\ntls = \"disable\"\nconnect_timeout_secs = 0\n",
+            "url = \"host=db\"\ntls = \"verify-ca\"\n",
+            "url = \"host=db\"\ntls = \"disable\"\nuser = \"x\"\n",
+            "url = \"nonsense=1\"\ntls = \"disable\"\n",
+        ];
+        for text in refused {
+            assert!(parse(text).is_err(), "accepted: {text}");
+        }
+    }
+
+    /// A password in `url` never shows in the configuration's debug output nor in errors.
+    #[test]
+    fn the_url_password_is_never_printed() {
+        let cfg =
+            parse("url = \"postgresql://kms:hunter2-secret@127.0.0.1:1/kms\"\ntls = \"disable\"\n")
+                .unwrap();
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("127.0.0.1:1/kms"), "{shown}");
+    }
+
+    /// With nothing listening, `connect` fails at once with `Io` naming the server as
+    /// unreachable (and never the password).
+    #[tokio::test]
+    async fn an_unreachable_database_is_refused_at_connect() {
+        // A port just freed: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = parse(&format!(
+            "url = \"postgresql://kms:hunter2-secret@127.0.0.1:{port}/kms\"\n\
+             tls = \"disable\"\nconnect_timeout_secs = 2\n"
+        ))
+        .unwrap();
+        let started = std::time::Instant::now();
+        let e = PostgresBackend::connect(&cfg).await.err().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(4));
+        let text = e.to_string();
+        assert!(matches!(e, StorageError::Io(_)), "{text}");
+        assert!(
+            text.contains(&format!("127.0.0.1:{port} is unreachable")),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    // ---- against a real server (KMS_TEST_POSTGRES_URL) ------------------------------------
+    //
+    // These run when KMS_TEST_POSTGRES_URL names a PostgreSQL server where the user may create
+    // databases (e.g. "host=127.0.0.1 port=55432 user=postgres"); each test makes a database
+    // of its own. The conformance suite (tests/tests/backend_conformance.rs) starts its own
+    // server and runs everywhere.
+
+    /// A fresh database on the test server, and a config for it; None (after saying so) when
+    /// no server is configured.
+    async fn fresh() -> Option<PostgresConfig> {
+        let Ok(base) = std::env::var("KMS_TEST_POSTGRES_URL") else {
+            eprintln!("KMS_TEST_POSTGRES_URL not set: skipped");
+            return None;
+        };
+        let (client, conn) = tokio_postgres::connect(&base, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let db = format!(
+            "kms_unit_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        );
+        client
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+        let url = format!("{base} dbname={db}");
+        Some(
+            parse(&format!(
+                "url = \"{url}\"\ntls = \"disable\"\npool_size = 4\n"
+            ))
+            .unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn put_get_cas_delete_list_in_byte_order() {
+        let Some(cfg) = fresh().await else { return };
+        let b = PostgresBackend::connect(&cfg).await.unwrap();
+        assert_eq!(b.get("a").await.unwrap(), None);
+        assert_eq!(b.put("a", b"1".to_vec(), Expect::Absent).await.unwrap(), 1);
+        assert!(matches!(
+            b.put("a", b"x".to_vec(), Expect::Absent).await,
+            Err(StorageError::Conflict { found: 1, .. })
+        ));
+        assert!(matches!(
+            b.put("a", b"x".to_vec(), Expect::Version(7)).await,
+            Err(StorageError::Conflict { found: 1, .. })
+        ));
+        assert!(matches!(
+            b.put("new", b"x".to_vec(), Expect::Version(1)).await,
+            Err(StorageError::Conflict { found: 0, .. })
+        ));
+        assert_eq!(
+            b.put("a", b"2".to_vec(), Expect::Version(1)).await.unwrap(),
+            2
+        );
+        assert_eq!(b.get("a").await.unwrap().unwrap().value, b"2");
+        for k in ["ab", "B", "z", "\u{e9}", "a%", "a_"] {
+            b.put(k, Vec::new(), Expect::Any).await.unwrap();
+        }
+        // Byte order (COLLATE "C"), and a prefix is not a LIKE pattern.
+        assert_eq!(
+            b.list("").await.unwrap(),
+            ["B", "a", "a%", "a_", "ab", "z", "\u{e9}"]
+        );
+        assert_eq!(b.list("a").await.unwrap(), ["a", "a%", "a_", "ab"]);
+        assert_eq!(b.list("a%").await.unwrap(), ["a%"]);
+        assert!(b.delete("a", Expect::Version(1)).await.is_err());
+        b.delete("a", Expect::Version(2)).await.unwrap();
+        assert_eq!(b.get("a").await.unwrap(), None);
+        b.delete("missing", Expect::Any).await.unwrap();
+        assert!(b.delete("missing", Expect::Version(1)).await.is_err());
+        // A version survives a new connection (another node, or a restart).
+        let again = PostgresBackend::connect(&cfg).await.unwrap();
+        assert_eq!(again.get("ab").await.unwrap().unwrap().version, 1);
+        assert_eq!(b.name(), "postgres");
+        assert!(b.shared());
+    }
+
+    /// Another node's put is seen by `changes_since` in commit order, and wakes `changed`.
+    #[tokio::test]
+    async fn changes_reach_another_node() {
+        let Some(cfg) = fresh().await else { return };
+        let a = PostgresBackend::connect(&cfg).await.unwrap();
+        let b = PostgresBackend::connect(&cfg).await.unwrap();
+        let start = b.change_seq().await.unwrap();
+        // The listener's first (re)connection wakes once: consume it.
+        let _ = tokio::time::timeout(Duration::from_secs(2), b.changed()).await;
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.changed().await })
+        };
+        a.put("k/1", b"x".to_vec(), Expect::Any).await.unwrap();
+        a.put("k/2", b"x".to_vec(), Expect::Any).await.unwrap();
+        a.put("k/1", b"y".to_vec(), Expect::Any).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("no notification")
+            .unwrap();
+        let c = b.changes_since(start).await.unwrap();
+        assert_eq!(c.keys, ["k/2", "k/1"]);
+        assert_eq!(c.seq, b.change_seq().await.unwrap());
+        assert_eq!(c.seq, start + 3);
+        let none = b.changes_since(c.seq).await.unwrap();
+        assert_eq!(
+            none,
+            Changes {
+                seq: c.seq,
+                keys: vec![]
+            }
+        );
+        // A delete moves the sequence but lists nothing.
+        a.delete("k/2", Expect::Any).await.unwrap();
+        let d = b.changes_since(c.seq).await.unwrap();
+        assert!(d.keys.is_empty() && d.seq == c.seq + 1, "{d:?}");
+    }
+
+    /// More than one page of changes: each page ends at its last change, nothing is skipped.
+    #[tokio::test]
+    async fn changes_are_paged() {
+        let Some(cfg) = fresh().await else { return };
+        let b = PostgresBackend::connect(&cfg).await.unwrap();
+        let n = CHANGES_LIMIT as usize + 10;
+        let records = (0..n)
+            .map(|i| {
+                let v = Versioned {
+                    version: 1,
+                    value: Vec::new(),
+                };
+                (format!("r/{i:05}"), v)
+            })
+            .collect::<Vec<_>>();
+        b.restore(records).await.unwrap();
+        let first = b.changes_since(0).await.unwrap();
+        assert_eq!(first.keys.len(), CHANGES_LIMIT as usize);
+        assert_eq!(first.seq, CHANGES_LIMIT as u64);
+        let second = b.changes_since(first.seq).await.unwrap();
+        assert_eq!(second.keys.len(), 10);
+        assert_eq!(second.seq, n as u64);
+        assert_eq!(b.change_seq().await.unwrap(), n as u64);
+    }
+
+    /// `restore` keeps versions and refuses a store that holds anything.
+    #[tokio::test]
+    async fn restore_keeps_versions_and_refuses_a_non_empty_store() {
+        let Some(cfg) = fresh().await else { return };
+        let b = PostgresBackend::connect(&cfg).await.unwrap();
+        let records = vec![
+            (
+                "a".to_string(),
+                Versioned {
+                    version: 7,
+                    value: b"x".to_vec(),
+                },
+            ),
+            (
+                "b/c".to_string(),
+                Versioned {
+                    version: 1,
+                    value: Vec::new(),
+                },
+            ),
+        ];
+        b.restore(records.clone()).await.unwrap();
+        assert_eq!(b.snapshot().await.unwrap(), records);
+        assert_eq!(
+            b.put("a", b"y".to_vec(), Expect::Version(7)).await.unwrap(),
+            8
+        );
+        let e = b.restore(records).await.unwrap_err();
+        assert!(matches!(e, StorageError::NotEmpty(_)), "{e}");
+        assert_eq!(b.get("a").await.unwrap().unwrap().version, 8);
+    }
+
+    /// Locks are cluster-wide: a name held by one node is not free for another until the
+    /// guard drops (released by a spawned task, so waited for).
+    #[tokio::test]
+    async fn locks_exclude_other_nodes_until_dropped() {
+        let Some(cfg) = fresh().await else { return };
+        let a = PostgresBackend::connect(&cfg).await.unwrap();
+        let b = PostgresBackend::connect(&cfg).await.unwrap();
+        let g = a.lock(&["y".into(), "x".into(), "x".into()]).await.unwrap();
+        assert!(b.try_lock("x").await.unwrap().is_none());
+        assert!(b.try_lock("y").await.unwrap().is_none());
+        let free = b.try_lock("z").await.unwrap();
+        assert!(free.is_some());
+        // A waiter on another node gets it once released; its wait uses no main-pool
+        // connection, so the holder can still write.
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.lock(&["x".into()]).await.map(drop) })
+        };
+        for i in 0..8 {
+            a.put(&format!("w/{i}"), Vec::new(), Expect::Any)
+                .await
+                .unwrap();
+        }
+        assert!(!waiter.is_finished());
+        drop(g);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the lock was not released")
+            .unwrap()
+            .unwrap();
+        // A lock wait dropped half-way leaves nothing held.
+        let g = a.lock(&["q".into()]).await.unwrap();
+        let cut = tokio::time::timeout(Duration::from_millis(200), b.lock(&["q".into()])).await;
+        assert!(cut.is_err());
+        drop(g);
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(g) = a.try_lock("q").await.unwrap() {
+                drop(g);
+                break;
+            }
+            assert!(std::time::Instant::now() < give_up, "q stayed locked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A schema newer than this binary knows stops the start, saying why.
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let Some(cfg) = fresh().await else { return };
+        drop(PostgresBackend::connect(&cfg).await.unwrap());
+        let (client, conn) = tokio_postgres::connect(&cfg.url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute("UPDATE kms_schema SET version = 99")
+            .await
+            .unwrap();
+        let e = PostgresBackend::connect(&cfg).await.err().unwrap();
+        assert!(e.to_string().contains("schema version 99, newer"), "{e}");
     }
 }
