@@ -105,6 +105,24 @@ pub async fn serve(
     let keystore = Arc::new(
         keystore::Keystore::new(seal.clone(), config.keys.clone()).with_max_staleness(staleness),
     );
+    // Two nodes with one name would write one audit head record and make their logs
+    // indistinguishable: the name is held (as a cluster lock) while this node runs.
+    let _node_name = if seal.backend().shared() {
+        let lock = format!("node/{}", config.audit.node);
+        match seal.backend().try_lock(&lock).await {
+            Ok(Some(guard)) => Some(guard),
+            Ok(None) => {
+                return Err(format!(
+                    "another kms-server node named {:?} ([audit] node) is connected to this \
+                     database: give every node its own name",
+                    config.audit.node
+                ));
+            }
+            Err(e) => return Err(format!("cannot register this node's name: {e}")),
+        }
+    } else {
+        None
+    };
     sink.attach_keystore(keystore.clone());
     let mfa = Arc::new(mfa::Mfa::new(seal.clone()));
     authz.attach_mfa(mfa.clone());
@@ -289,12 +307,15 @@ async fn follow_store(
             if !failing {
                 tracing::error!(error = %e, "cannot follow the changes of other nodes; this node refuses key use until it can (UNAVAILABLE)");
                 failing = true;
+                // Load balancers route around it meanwhile.
+                service::publish_health(&health, true).await;
             }
             continue;
         }
         if failing {
             tracing::warn!("following the changes of other nodes again; serving");
             failing = false;
+            service::publish_health(&health, seal.status().await.sealed).await;
         }
         for path in keystore.take_other_changes() {
             if path == seal::SEAL_PATH {
