@@ -186,6 +186,29 @@ impl PgServer {
         self.kill_processes();
     }
 
+    /// SIGSTOP to the postmaster and its children: the server hangs with its connections open
+    /// (the kernel still accepts and acknowledges TCP), as a database that stopped answering.
+    pub fn pause(&self) {
+        for p in self.processes() {
+            signal("STOP", p);
+        }
+    }
+
+    /// SIGCONT after [`PgServer::pause`].
+    pub fn resume(&self) {
+        for p in self.processes() {
+            signal("CONT", p);
+        }
+    }
+
+    /// The postmaster and its children.
+    fn processes(&self) -> Vec<u32> {
+        let pm = self.postmaster_pid().expect("PostgreSQL is running");
+        let mut all = vec![pm];
+        all.extend(children_of(pm));
+        all
+    }
+
     /// Starts the server again on the same data directory and port; waits until it is ready
     /// (after a kill, that includes its crash recovery).
     pub fn start_again(&mut self) {

@@ -703,6 +703,62 @@ async fn unreachable_database_then_recovers(env: &Env) {
     }
 }
 
+/// Asserts that `f` fails with `Io` (hang guard only); prints how long it took.
+async fn fails_with_io(what: &str, f: impl std::future::Future<Output = Result<(), StorageError>>) {
+    let t = Instant::now();
+    let e = guard(what, f).await.expect_err(what);
+    assert!(matches!(e, StorageError::Io(_)), "{what}: {e:?}");
+    eprintln!(
+        "{what} with PostgreSQL hung: Io after {:?}: {e}",
+        t.elapsed()
+    );
+}
+
+/// PostgreSQL hung (SIGSTOP: connections stay open, nothing answers): get, put, list and
+/// try_lock fail with `Io` in bounded time instead of hanging, the cut write is not applied
+/// when the database wakes up, and the same backend works again.
+async fn hung_database_fails_in_bounded_time(env: &Env) {
+    let a = env.open().await;
+    a.put("k", b"1".to_vec(), Expect::Absent).await.unwrap();
+    env.pg().pause();
+    let (a1, a2, a3, a4) = (a.clone(), a.clone(), a.clone(), a.clone());
+    tokio::join!(
+        fails_with_io("get", async move { a1.get("k").await.map(drop) }),
+        fails_with_io("put", async move {
+            a2.put("k", b"cut".to_vec(), Expect::Version(1))
+                .await
+                .map(drop)
+        }),
+        fails_with_io("list", async move { a3.list("").await.map(drop) }),
+        fails_with_io("try_lock", async move { a4.try_lock("l").await.map(drop) }),
+    );
+    env.pg().resume();
+    let t = Instant::now();
+    let mut attempts = 0;
+    let got = loop {
+        attempts += 1;
+        match guard("get after resume", a.get("k")).await {
+            Ok(got) => break got,
+            Err(e) if attempts < 3 => eprintln!("after resume: get failed: {e}"),
+            Err(e) => panic!("after resume: the backend did not recover: {e}"),
+        }
+    };
+    eprintln!(
+        "after resume: get answered in {:?} ({attempts} attempt(s))",
+        t.elapsed()
+    );
+    assert_eq!(got, Some(v(1, b"1")), "the cut put was applied");
+    assert_eq!(
+        a.put("k", b"2".to_vec(), Expect::Version(1)).await.unwrap(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_hung_database_fails_in_bounded_time() {
+    hung_database_fails_in_bounded_time(&Env::postgres()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_two_nodes_share_one_store() {
     two_nodes_share_one_store(&Env::postgres()).await;
