@@ -703,6 +703,56 @@ async fn unreachable_database_then_recovers(env: &Env) {
     }
 }
 
+/// A restore of 12,345 records on one node reaches the other through `changed()` and
+/// `changes_since`, page by page (a call returns at most a few thousand keys), each record
+/// once, in commit order; the other node lists and snapshots them all.
+async fn restore_reaches_other_nodes_page_by_page(env: &Env) {
+    let a = env.open().await;
+    let b = env.open().await;
+    let records: Vec<(String, Versioned)> = (0..12_345u32)
+        .map(|i| {
+            let value = i.to_be_bytes().to_vec();
+            (format!("p/{i:05}"), v(u64::from(i % 5) + 1, &value))
+        })
+        .collect();
+    let mut pos = b.change_seq().await.unwrap();
+    let changed = armed_changed(&*b).await;
+    a.restore(records.clone()).await.unwrap();
+    guard("changed() after a restore by another node", changed).await;
+    let end = b.change_seq().await.unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    let mut pages = 0;
+    while pos < end {
+        let c = b.changes_since(pos).await.unwrap();
+        pages += 1;
+        assert!(c.seq > pos, "changes_since made no progress from {pos}");
+        assert!(
+            c.keys.len() <= 10_000,
+            "one call returned {} keys",
+            c.keys.len()
+        );
+        seen.extend(c.keys);
+        pos = c.seq;
+        assert!(pages < 100, "changes_since does not reach the end");
+    }
+    assert_eq!(pos, end);
+    assert!(pages >= 2, "12,345 changes came in {pages} call(s)");
+    let keys: Vec<String> = records.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(last_occurrences(&seen), keys);
+    eprintln!("12,345 restored records: {pages} changes_since calls");
+    assert_eq!(b.list("p/").await.unwrap(), keys);
+    assert_eq!(b.snapshot().await.unwrap(), records);
+    // Writes go on from the restored versions and are listed after them.
+    assert_eq!(
+        b.put("p/00004", b"x".to_vec(), Expect::Version(5))
+            .await
+            .unwrap(),
+        6
+    );
+    let c = a.changes_since(end).await.unwrap();
+    assert_eq!(c.keys, vec!["p/00004"]);
+}
+
 /// Asserts that `f` fails with `Io` (hang guard only); prints how long it took.
 async fn fails_with_io(what: &str, f: impl std::future::Future<Output = Result<(), StorageError>>) {
     let t = Instant::now();
@@ -752,6 +802,11 @@ async fn hung_database_fails_in_bounded_time(env: &Env) {
         a.put("k", b"2".to_vec(), Expect::Version(1)).await.unwrap(),
         2
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restore_reaches_other_nodes_page_by_page() {
+    restore_reaches_other_nodes_page_by_page(&Env::postgres()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
