@@ -388,7 +388,7 @@ impl From<StorageError> for Fail {
 /// not have happened, and the caller may retry.
 fn pg_err(target: &str, e: &tokio_postgres::Error) -> StorageError {
     match e.as_db_error() {
-        Some(db) => StorageError::Io(format!("PostgreSQL at {target} refused a query: {db}")),
+        Some(db) => StorageError::Io(format!("PostgreSQL at {target} answered: {db}")),
         None => StorageError::Io(format!(
             "PostgreSQL at {target} is unreachable: {}",
             with_causes(e)
@@ -1282,6 +1282,30 @@ mod tests {
         for text in refused {
             assert!(parse(text).is_err(), "accepted: {text}");
         }
+    }
+
+    /// In a config file, `backend = "postgres"` selects this backend, its relative paths are
+    /// resolved against the file's folder, and its checks stop the load.
+    #[test]
+    fn config_file_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kms.toml");
+        let head = "listen = \"127.0.0.1:0\"\npolicies = \"p\"\n[tls]\ncert = \"c\"\n\
+                    key = \"k\"\nclient_ca = \"ca\"\n[storage]\nbackend = \"postgres\"\n";
+        std::fs::write(
+            &path,
+            format!("{head}url = \"host=db\"\nca = \"pg/ca.pem\"\npassword_file = \"pw\"\n"),
+        )
+        .unwrap();
+        let config = crate::Config::load(&path).unwrap();
+        let crate::StorageConfig::Postgres(pg) = config.storage else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg.ca.unwrap(), dir.path().join("pg/ca.pem"));
+        assert_eq!(pg.password_file.unwrap(), dir.path().join("pw"));
+        std::fs::write(&path, format!("{head}url = \"host=db\"\n")).unwrap();
+        let e = crate::Config::load(&path).unwrap_err();
+        assert!(e.contains("needs ca"), "{e}");
     }
 
     /// A password in `url` never shows in the configuration's debug output nor in errors.
