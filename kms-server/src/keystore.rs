@@ -465,6 +465,9 @@ impl Keystore {
     /// Listing or reading storage failing as a whole still fails the load.
     pub async fn load(&self) -> Result<usize, KmsError> {
         let _w = self.writer.write().await;
+        // No catch-up in between: one that started during the load could count the cache as
+        // current as of a moment after the load read a record that changed since.
+        let _f = self.follow.lock.lock().await;
         let epoch = self.epoch.load(Ordering::SeqCst);
         let keyring = self.seal.keyring().await?;
         let backend = self.seal.backend();
