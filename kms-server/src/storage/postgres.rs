@@ -556,35 +556,63 @@ impl PostgresBackend {
             .map_err(|e| pool_err(&self.inner.target, self.inner.connect_timeout, e))
     }
 
-    /// Runs `op` (already holding `conn`) within `limit`. On a timeout the connection is
-    /// discarded (its session may be stuck or mid-transaction; closing it rolls back whatever
-    /// it had not committed) and the outcome is unknown: `Io`.
+    /// Runs `op` (already holding `conn`) within `limit`. On a timeout, a broken connection or
+    /// a call dropped half-way (the caller gave up), the connection is discarded rather than
+    /// handed out again: its session may be stuck or inside a transaction, and closing it
+    /// makes PostgreSQL roll back whatever it had not committed. After a timeout the outcome
+    /// is unknown: `Io`.
     async fn run<T>(
         &self,
-        mut conn: Object,
+        conn: Object,
         limit: Duration,
         op: impl AsyncFnOnce(&mut Object) -> Result<T, Fail>,
     ) -> Result<T, StorageError> {
-        let r = tokio::time::timeout(limit, op(&mut conn)).await;
+        let mut out = Checkout(Some(conn));
+        let Some(c) = out.0.as_mut() else {
+            return Err(StorageError::Io("connection lost".into()));
+        };
+        let r = tokio::time::timeout(limit, op(c)).await;
         let target = &self.inner.target;
         match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(Fail::Storage(e))) => Err(e),
+            Ok(Ok(v)) => {
+                out.release();
+                Ok(v)
+            }
+            Ok(Err(Fail::Storage(e))) => {
+                out.release();
+                Err(e)
+            }
             Ok(Err(Fail::Pg(e))) => {
-                if e.as_db_error().is_none() {
-                    // A broken connection: do not hand it out again.
-                    drop(Object::take(conn));
+                // An error PostgreSQL answered leaves a usable session; any other means the
+                // connection broke (dropped with `out`).
+                if e.as_db_error().is_some() {
+                    out.release();
                 }
                 Err(pg_err(target, &e))
             }
-            Err(_) => {
-                drop(Object::take(conn));
-                Err(StorageError::Io(format!(
-                    "PostgreSQL at {target} did not answer within {} s (whether the last \
-                     write happened is unknown)",
-                    limit.as_secs()
-                )))
-            }
+            Err(_) => Err(StorageError::Io(format!(
+                "PostgreSQL at {target} did not answer within {} s (whether the last write \
+                 happened is unknown)",
+                limit.as_secs()
+            ))),
+        }
+    }
+}
+
+/// A pooled connection in use: discarded when dropped, unless released back to the pool.
+struct Checkout(Option<Object>);
+
+impl Checkout {
+    fn release(mut self) {
+        // Dropping an `Object` returns it to its pool.
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(Object::take(conn));
         }
     }
 }
@@ -1567,6 +1595,102 @@ mod tests {
             assert!(std::time::Instant::now() < give_up, "q stayed locked");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `kms-server restore` into an empty PostgreSQL database writes every record at its
+    /// version; into one that holds records it writes nothing and says so.
+    #[tokio::test]
+    async fn kms_server_restore_into_postgres() {
+        let Some(cfg) = fresh().await else { return };
+        let records: Vec<(String, Versioned)> = (0..300)
+            .map(|i| {
+                let v = Versioned {
+                    version: 1 + i % 5,
+                    value: vec![i as u8; 100],
+                };
+                (format!("r/{i:04}"), v)
+            })
+            .collect();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(crate::backup::send(records.clone(), tx));
+        let mut file = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            file.extend_from_slice(&chunk.unwrap().data);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("backup.kmsbak"), &file).unwrap();
+        let config = dir.path().join("kms.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\npolicies = \"p\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n\
+                 client_ca = \"ca\"\n[storage]\nbackend = \"postgres\"\nurl = \"{}\"\n\
+                 tls = \"disable\"\n",
+                cfg.url
+            ),
+        )
+        .unwrap();
+        let done = crate::backup::restore(&config, &dir.path().join("backup.kmsbak"))
+            .await
+            .unwrap();
+        assert_eq!(done.records, 300);
+        assert!(
+            done.storage
+                .display()
+                .to_string()
+                .starts_with("PostgreSQL at 127.0.0.1")
+        );
+        let b = PostgresBackend::connect(&cfg).await.unwrap();
+        assert_eq!(b.snapshot().await.unwrap(), records);
+        assert_eq!(b.change_seq().await.unwrap(), 300);
+        let e = crate::backup::restore(&config, &dir.path().join("backup.kmsbak"))
+            .await
+            .unwrap_err();
+        assert!(e.contains("already holds 300 records"), "{e}");
+    }
+
+    /// A call dropped half-way (here: a put waiting for the clock's row lock, as behind a
+    /// long writer of another node) leaves no session inside a transaction, writes nothing,
+    /// and the backend goes on working.
+    #[tokio::test]
+    async fn a_call_dropped_half_way_leaves_no_open_transaction() {
+        let Some(cfg) = fresh().await else { return };
+        let b = PostgresBackend::connect(&cfg).await.unwrap();
+        let (other, conn) = tokio_postgres::connect(&cfg.url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        other
+            .batch_execute("BEGIN; UPDATE kms_clock SET seq = seq + 1")
+            .await
+            .unwrap();
+        let cut = tokio::time::timeout(
+            Duration::from_millis(300),
+            b.put("k", b"v".to_vec(), Expect::Absent),
+        )
+        .await;
+        assert!(cut.is_err(), "the put did not wait for the clock");
+        other.batch_execute("ROLLBACK").await.unwrap();
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let open: i64 = other
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = \
+                     'kms-server' AND datname = current_database() AND state LIKE 'idle in%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if open == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "{open} sessions in a transaction"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(b.get("k").await.unwrap(), None);
+        assert_eq!(b.put("k", b"v".to_vec(), Expect::Absent).await.unwrap(), 1);
     }
 
     /// A schema newer than this binary knows stops the start, saying why.
