@@ -302,3 +302,60 @@ fn a_config_error_never_shows_the_database_password() {
         "the config error shows the database password: {e}"
     );
 }
+
+/// Defect 3, general form (postgres.rs `PostgresBackend::run`, timeout branch): an operation
+/// that passes its time bound is "discarded" with `Object::take`, but the session stays open
+/// (and queued) until PostgreSQL answers, outside the pool. Here the clock row is held by a
+/// stuck writer (standing in for a node frozen or cut off in the middle of a write, whose
+/// transaction PostgreSQL keeps open: no `idle_in_transaction_session_timeout`, server-side
+/// TCP keepalive at the OS default of 2 hours); every write that times out meanwhile leaves
+/// one more session behind, until `max_connections` refuses every node, reads included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_timed_out_leaves_no_session_behind() {
+    let pg = Arc::new(PgServer::start());
+    let url = pg.url();
+    let cfg: PostgresConfig = toml::from_str(&format!(
+        "url = \"{url}\"\ntls = \"disable\"\nconnect_timeout_secs = 1"
+    ))
+    .unwrap();
+    let b = guard("connect", PostgresBackend::connect(&cfg))
+        .await
+        .unwrap();
+
+    // A writer stuck for 20 s with the clock row locked.
+    let stuck = {
+        let pg = pg.clone();
+        std::thread::spawn(move || {
+            pg.psql(
+                "BEGIN; UPDATE kms_clock SET seq = seq WHERE id = 1; \
+                 SELECT pg_sleep(20); COMMIT;",
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        let r = guard(
+            "put",
+            b.put(
+                &format!("k{i}"),
+                b"v".to_vec(),
+                kms_server::storage::Expect::Any,
+            ),
+        )
+        .await;
+        assert!(
+            r.is_err(),
+            "the clock row is locked: the write must time out"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left = pg.psql(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE application_name = 'kms-server' AND wait_event_type = 'Lock'",
+    );
+    stuck.join().unwrap();
+    assert_eq!(
+        left, "0",
+        "sessions of writes that timed out are still queued on the clock row"
+    );
+}
