@@ -1,9 +1,12 @@
 //! One conformance suite for the storage backends: every check is written once against
 //! `dyn Backend` and run on each backend (`sled_*` and `postgres_*` tests, made by the
 //! `conformance!` macro at the end). PostgreSQL checks start a private server each
-//! (`kms_tests::pg::PgServer`); PostgreSQL must be installed (see `.ci/run`).
+//! (`kms_tests::pg::PgServer`); PostgreSQL must be installed (see `.ci/run`). PostgreSQL
+//! alone: two nodes on one database, a restore reaching the other node page by page, and the
+//! database stopped, killed or hung under a live backend.
 //!
-//! `tokio::time::timeout` appears only as a hang guard: no check depends on timing.
+//! `tokio::time::timeout` is only a hang guard, and the one short sleep only gives a broken
+//! lock a chance to show: a correct backend passes whatever the timing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
