@@ -51,6 +51,11 @@ const CHANGES_LIMIT: i64 = 5000;
 const RESTORE_BATCH: usize = 1000;
 /// Longest a snapshot (a backup's copy of every record) may take.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Fewest connections of the lock pool: a node holds its name's lock while it runs, and the
+/// scheduler holds its job lock while it takes a key's lock, with room left for key changes.
+const MIN_LOCK_CONNECTIONS: usize = 4;
+/// Longest wait for a lock connection when all are taken (by holders and waiters).
+const LOCK_CONNECTION_WAIT: Duration = Duration::from_secs(30);
 /// Longest pause between two reconnection attempts of the change listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -120,7 +125,7 @@ pub struct PostgresConfig {
     pub cert: Option<PathBuf>,
     #[serde(default)]
     pub key: Option<PathBuf>,
-    /// Connections for reads and writes (default 16); locks use half as many more (at least 2).
+    /// Connections for reads and writes (default 16); locks use half as many more (at least 4).
     #[serde(default = "default_pool_size")]
     pub pool_size: usize,
     /// Longest wait for a connection, and the bound on a call when PostgreSQL is unreachable
@@ -518,9 +523,17 @@ impl PostgresBackend {
         }
 
         let pool = build_pool(&pg, &connector, cfg.pool_size, Some(timeout), timeout)?;
-        // Lock waiters may wait as long as a holder holds: no wait bound for a lock connection
-        // (try_lock bounds its own wait).
-        let lock_pool = build_pool(&pg, &connector, (cfg.pool_size / 2).max(2), None, timeout)?;
+        // A node holds some locks for long (its name while it runs, the scheduler's job lock
+        // while it takes key locks), so the lock pool has a floor; a wait for one of its
+        // connections is bounded, so a node whose lock connections are all taken gets an error
+        // (and its scheduler retries on its next run) rather than waiting for ever.
+        let lock_pool = build_pool(
+            &pg,
+            &connector,
+            (cfg.pool_size / 2).max(MIN_LOCK_CONNECTIONS),
+            Some(LOCK_CONNECTION_WAIT.max(timeout)),
+            timeout,
+        )?;
         let notify = Arc::new(Notify::new());
         let listener = tokio::spawn(listen_forever(
             pg.clone(),
@@ -1191,12 +1204,16 @@ impl Backend for PostgresBackend {
         sorted.sort();
         sorted.dedup();
         let target = &self.inner.target;
-        let conn = self
-            .inner
-            .lock_pool
-            .get()
-            .await
-            .map_err(|e| pool_err(target, self.inner.connect_timeout, e))?;
+        let conn = self.inner.lock_pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Timeout(_) => StorageError::Io(format!(
+                "every connection for cluster locks to PostgreSQL at {target} stayed busy \
+                     for {} s (other callers waiting for locks)",
+                LOCK_CONNECTION_WAIT
+                    .max(self.inner.connect_timeout)
+                    .as_secs()
+            )),
+            e => pool_err(target, self.inner.connect_timeout, e),
+        })?;
         // Built before the first lock query: if this future is dropped while waiting, the
         // guard discards the session and nothing stays locked.
         let mut guard = PgLock {
