@@ -11,12 +11,17 @@ pub use self::postgres::{PostgresBackend, PostgresConfig, PostgresTls};
 pub use self::sled::SledBackend;
 
 /// A cluster-wide lock (see [`Backend::lock`]), released when dropped.
-pub struct LockGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
+pub struct LockGuard(Box<dyn std::any::Any + Send + Sync>);
 
 impl LockGuard {
     /// Wraps whatever releases the lock when dropped.
     pub fn new(inner: impl Send + Sync + 'static) -> Self {
         Self(Box::new(inner))
+    }
+
+    /// The backend's own lock state (for writes fenced by the lock).
+    pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
+        self.0.downcast_ref()
     }
 }
 
@@ -133,4 +138,28 @@ pub trait Backend: Send + Sync + 'static {
     async fn lock(&self, names: &[String]) -> Result<LockGuard, StorageError>;
     /// Takes the cluster-wide lock `name` if no one holds it.
     async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, StorageError>;
+    /// `put`, made only while `lock` is still held: a lock can be lost without its holder
+    /// knowing (PostgreSQL: its session ended), and a write the lock should have excluded must
+    /// then fail (`Io`) rather than land. PostgreSQL writes on the lock's own session, which
+    /// holds the advisory lock for exactly as long as it lives. In-memory locks cannot be lost.
+    async fn put_locked(
+        &self,
+        lock: &LockGuard,
+        key: &str,
+        value: Vec<u8>,
+        expect: Expect,
+    ) -> Result<u64, StorageError> {
+        let _ = lock;
+        self.put(key, value, expect).await
+    }
+    /// `delete`, made only while `lock` is still held (see `put_locked`).
+    async fn delete_locked(
+        &self,
+        lock: &LockGuard,
+        key: &str,
+        expect: Expect,
+    ) -> Result<(), StorageError> {
+        let _ = lock;
+        self.delete(key, expect).await
+    }
 }
