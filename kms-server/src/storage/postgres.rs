@@ -56,6 +56,8 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 const MIN_LOCK_CONNECTIONS: usize = 4;
 /// Longest wait for a lock connection when all are taken (by holders and waiters).
 const LOCK_CONNECTION_WAIT: Duration = Duration::from_secs(30);
+/// Longest a cancel request may take (best effort).
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between two reconnection attempts of the change listener.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -472,6 +474,8 @@ struct Inner {
     connect_timeout: Duration,
     /// Woken on every NOTIFY and after every reconnection of the listener.
     notify: Arc<Notify>,
+    /// For cancel requests.
+    connector: Connector,
     /// The LISTEN task; stopped with the backend.
     listener: tokio::task::JoinHandle<()>,
 }
@@ -501,11 +505,7 @@ impl PostgresBackend {
             let overridden = check_settings(&client, &target).await?;
             if overridden {
                 // Our own sessions commit durably whatever the server's default.
-                let options = match pg.get_options() {
-                    Some(o) => format!("{o} -c synchronous_commit=on"),
-                    None => "-c synchronous_commit=on".to_string(),
-                };
-                pg.options(options);
+                pg = with_options(&pg, "-c synchronous_commit=on");
             }
             migrate(&client, &target).await
         };
@@ -522,19 +522,35 @@ impl PostgresBackend {
             }
         }
 
-        let pool = build_pool(&pg, &connector, cfg.pool_size, Some(timeout), timeout)?;
+        // Server-side bounds too, so that a session this node gave up on (a timeout, a dropped
+        // call) or a node frozen inside a transaction does not stay queued, or keep the clock's
+        // row locked, on the server: the statement is cancelled, the idle transaction ended.
+        let op_timeout = timeout.saturating_mul(2);
+        let bound_ms = op_timeout.as_millis();
+        let main_pg = with_options(
+            &pg,
+            &format!(
+                "-c statement_timeout={bound_ms} -c idle_in_transaction_session_timeout={bound_ms}"
+            ),
+        );
+        let lock_pg = with_options(
+            &pg,
+            &format!("-c idle_in_transaction_session_timeout={bound_ms}"),
+        );
+        let pool = build_pool(&main_pg, &connector, cfg.pool_size, Some(timeout), timeout)?;
         // A node holds some locks for long (its name while it runs, the scheduler's job lock
         // while it takes key locks), so the lock pool has a floor; a wait for one of its
         // connections is bounded, so a node whose lock connections are all taken gets an error
         // (and its scheduler retries on its next run) rather than waiting for ever.
         let lock_pool = build_pool(
-            &pg,
+            &lock_pg,
             &connector,
             (cfg.pool_size / 2).max(MIN_LOCK_CONNECTIONS),
             Some(LOCK_CONNECTION_WAIT.max(timeout)),
             timeout,
         )?;
         let notify = Arc::new(Notify::new());
+        let connector_for_inner = connector.clone();
         let listener = tokio::spawn(listen_forever(
             pg.clone(),
             connector,
@@ -553,9 +569,10 @@ impl PostgresBackend {
                 pool,
                 lock_pool,
                 target,
-                op_timeout: timeout.saturating_mul(2),
+                op_timeout,
                 connect_timeout: timeout,
                 notify,
+                connector: connector_for_inner,
                 listener,
             }),
         })
@@ -580,7 +597,7 @@ impl PostgresBackend {
         limit: Duration,
         op: impl AsyncFnOnce(&mut Object) -> Result<T, Fail>,
     ) -> Result<T, StorageError> {
-        let mut out = Checkout(Some(conn));
+        let mut out = Checkout(Some(conn), &self.inner.connector);
         let Some(c) = out.0.as_mut() else {
             return Err(StorageError::Io("connection lost".into()));
         };
@@ -612,22 +629,97 @@ impl PostgresBackend {
     }
 }
 
-/// A pooled connection in use: discarded when dropped, unless released back to the pool.
-struct Checkout(Option<Object>);
+impl PostgresBackend {
+    /// Runs a write on the session that holds `lock`, so that it fails if the lock was lost
+    /// with its session. A timeout or a broken session discards the session (the lock goes
+    /// with it; later fenced writes fail too).
+    async fn on_lock_session<T>(
+        &self,
+        lock: &LockGuard,
+        op: impl AsyncFnOnce(&mut Object) -> Result<T, Fail>,
+    ) -> Result<T, StorageError> {
+        let target = &self.inner.target;
+        let lost = || {
+            StorageError::Io(format!(
+                "the cluster lock's session with PostgreSQL at {target} has ended, and the lock \
+                 with it: the write was not made; retry"
+            ))
+        };
+        let Some(held) = lock.downcast_ref::<PgLock>() else {
+            return Err(StorageError::Io(
+                "a write fenced by a lock of another storage backend".into(),
+            ));
+        };
+        let mut slot = held.conn.lock().await;
+        let Some(conn) = slot.as_mut() else {
+            return Err(lost());
+        };
+        if conn.is_closed() {
+            if let Some(conn) = slot.take() {
+                discard(conn, &self.inner.connector);
+            }
+            return Err(lost());
+        }
+        let limit = self.inner.op_timeout;
+        match tokio::time::timeout(limit, op(conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(Fail::Storage(e))) => Err(e),
+            Ok(Err(Fail::Pg(e))) => {
+                if e.as_db_error().is_none() || conn.is_closed() {
+                    if let Some(conn) = slot.take() {
+                        discard(conn, &self.inner.connector);
+                    }
+                    let StorageError::Io(why) = pg_err(target, &e) else {
+                        return Err(lost());
+                    };
+                    return Err(StorageError::Io(format!(
+                        "{why} (the cluster lock is lost)"
+                    )));
+                }
+                Err(pg_err(target, &e))
+            }
+            Err(_) => {
+                if let Some(conn) = slot.take() {
+                    discard(conn, &self.inner.connector);
+                }
+                Err(StorageError::Io(format!(
+                    "PostgreSQL at {target} did not answer within {} s (whether the write \
+                     happened is unknown; the cluster lock is given up)",
+                    limit.as_secs()
+                )))
+            }
+        }
+    }
+}
 
-impl Checkout {
+/// A pooled connection in use: discarded (see [`discard`]) when dropped, unless released back
+/// to the pool.
+struct Checkout<'a>(Option<Object>, &'a Connector);
+
+impl Checkout<'_> {
     fn release(mut self) {
         // Dropping an `Object` returns it to its pool.
         drop(self.0.take());
     }
 }
 
-impl Drop for Checkout {
+impl Drop for Checkout<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.0.take() {
-            drop(Object::take(conn));
+            discard(conn, self.1);
         }
     }
+}
+
+/// `pg` with `options` (server settings for the session) added to any it has.
+fn with_options(pg: &tokio_postgres::Config, options: &str) -> tokio_postgres::Config {
+    let mut pg = pg.clone();
+    let all = match pg.get_options() {
+        Some(o) if !o.is_empty() => format!("{o} {options}"),
+        _ => options.to_string(),
+    };
+    pg.options(all);
+    pg
 }
 
 /// Opens one connection outside the pools (schema set-up), driven by a task of its own.
@@ -928,11 +1020,92 @@ where
     }
 }
 
+/// One `put` in one transaction (see the module documentation for the order of its steps).
+async fn put_tx(c: &mut Object, key: &str, value: &[u8], expect: Expect) -> Result<u64, Fail> {
+    let tx = c.transaction().await?;
+    // First: takes the clock's row lock (writers commit in sequence order).
+    let seq: i64 = tx
+        .query_one(&tx.prepare_cached(BUMP_CLOCK).await?, &[])
+        .await?
+        .try_get(0)?;
+    let found = match tx
+        .query_opt(&tx.prepare_cached(READ_FOR_UPDATE).await?, &[&key])
+        .await?
+    {
+        Some(row) => Some(to_u64(key, row.try_get(0)?)?),
+        None => None,
+    };
+    if let Err(e) = check(key, expect, found) {
+        tx.rollback().await?;
+        return Err(e.into());
+    }
+    let version = found.unwrap_or(0) + 1;
+    let v = to_i64("version", version)?;
+    tx.execute(&tx.prepare_cached(UPSERT).await?, &[&key, &value, &v, &seq])
+        .await?;
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// One `delete` in one transaction, ordered like [`put_tx`].
+async fn delete_tx(c: &mut Object, key: &str, expect: Expect) -> Result<(), Fail> {
+    let tx = c.transaction().await?;
+    tx.query_one(&tx.prepare_cached(BUMP_CLOCK).await?, &[])
+        .await?;
+    let found = match tx
+        .query_opt(&tx.prepare_cached(READ_FOR_UPDATE).await?, &[&key])
+        .await?
+    {
+        Some(row) => Some(to_u64(key, row.try_get(0)?)?),
+        None => None,
+    };
+    if let Err(e) = check(key, expect, found) {
+        tx.rollback().await?;
+        return Err(e.into());
+    }
+    if found.is_none() {
+        // Nothing to delete: nothing to commit either.
+        tx.rollback().await?;
+        return Ok(());
+    }
+    tx.execute(&tx.prepare_cached(DELETE).await?, &[&key])
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Closes a connection whose session may still be busy (a statement waiting for a lock):
+/// PostgreSQL would keep such a session, outside any pool, until the statement ends, so a
+/// cancel request (on a connection of its own) is sent first when a runtime is at hand. The
+/// session's uncommitted work is rolled back.
+fn discard(conn: Object, connector: &Connector) {
+    let token = conn.cancel_token();
+    drop(Object::take(conn));
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let connector = connector.clone();
+    rt.spawn(async move {
+        let cancel = async {
+            match connector {
+                Connector::Plain => token.cancel_query(NoTls).await,
+                Connector::Rustls(t) => token.cancel_query(t).await,
+            }
+        };
+        // Best effort: statement_timeout (main pool) and the closed socket end it anyway.
+        let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel).await;
+    });
+}
+
 /// Session advisory locks held on one connection of the lock pool. Dropping it unlocks them
 /// in a spawned task and returns the connection, or discards the connection (which ends the
 /// session, and so releases its locks) if unlocking fails or the locks were not all taken.
+///
+/// Writes fenced by the lock (`put_locked`, `delete_locked`) run on this same session, so they
+/// fail once the session, and with it the lock, is gone.
 struct PgLock {
-    conn: Option<Object>,
+    conn: tokio::sync::Mutex<Option<Object>>,
+    connector: Connector,
     /// All asked-for locks are held and no lock query is in flight.
     complete: bool,
     timeout: Duration,
@@ -940,23 +1113,24 @@ struct PgLock {
 
 impl Drop for PgLock {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else {
+        let Some(conn) = self.conn.get_mut().take() else {
             return;
         };
         // An acquisition cut short may still have a lock query waiting in the session: only
-        // ending the session is sure to leave nothing held.
+        // cancelling it and ending the session is sure to leave nothing held or queued.
         let runtime = tokio::runtime::Handle::try_current();
         match (self.complete, runtime) {
             (true, Ok(rt)) => {
                 let timeout = self.timeout;
+                let connector = self.connector.clone();
                 rt.spawn(async move {
                     match tokio::time::timeout(timeout, conn.execute(UNLOCK_ALL, &[])).await {
                         Ok(Ok(_)) => drop(conn),
-                        _ => drop(Object::take(conn)),
+                        _ => discard(conn, &connector),
                     }
                 });
             }
-            _ => drop(Object::take(conn)),
+            _ => discard(conn, &self.connector),
         }
     }
 }
@@ -980,32 +1154,7 @@ impl Backend for PostgresBackend {
     async fn put(&self, key: &str, value: Vec<u8>, expect: Expect) -> Result<u64, StorageError> {
         let conn = self.conn().await?;
         self.run(conn, self.inner.op_timeout, async |c: &mut Object| {
-            let tx = c.transaction().await?;
-            // First: takes the clock's row lock (writers commit in sequence order).
-            let seq: i64 = tx
-                .query_one(&tx.prepare_cached(BUMP_CLOCK).await?, &[])
-                .await?
-                .try_get(0)?;
-            let found = match tx
-                .query_opt(&tx.prepare_cached(READ_FOR_UPDATE).await?, &[&key])
-                .await?
-            {
-                Some(row) => Some(to_u64(key, row.try_get(0)?)?),
-                None => None,
-            };
-            if let Err(e) = check(key, expect, found) {
-                tx.rollback().await?;
-                return Err(e.into());
-            }
-            let version = found.unwrap_or(0) + 1;
-            let v = to_i64("version", version)?;
-            tx.execute(
-                &tx.prepare_cached(UPSERT).await?,
-                &[&key, &value.as_slice(), &v, &seq],
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(version)
+            put_tx(c, key, &value, expect).await
         })
         .await
     }
@@ -1013,31 +1162,32 @@ impl Backend for PostgresBackend {
     async fn delete(&self, key: &str, expect: Expect) -> Result<(), StorageError> {
         let conn = self.conn().await?;
         self.run(conn, self.inner.op_timeout, async |c: &mut Object| {
-            let tx = c.transaction().await?;
-            tx.query_one(&tx.prepare_cached(BUMP_CLOCK).await?, &[])
-                .await?;
-            let found = match tx
-                .query_opt(&tx.prepare_cached(READ_FOR_UPDATE).await?, &[&key])
-                .await?
-            {
-                Some(row) => Some(to_u64(key, row.try_get(0)?)?),
-                None => None,
-            };
-            if let Err(e) = check(key, expect, found) {
-                tx.rollback().await?;
-                return Err(e.into());
-            }
-            if found.is_none() {
-                // Nothing to delete: nothing to commit either.
-                tx.rollback().await?;
-                return Ok(());
-            }
-            tx.execute(&tx.prepare_cached(DELETE).await?, &[&key])
-                .await?;
-            tx.commit().await?;
-            Ok(())
+            delete_tx(c, key, expect).await
         })
         .await
+    }
+
+    async fn put_locked(
+        &self,
+        lock: &LockGuard,
+        key: &str,
+        value: Vec<u8>,
+        expect: Expect,
+    ) -> Result<u64, StorageError> {
+        self.on_lock_session(lock, async |c: &mut Object| {
+            put_tx(c, key, &value, expect).await
+        })
+        .await
+    }
+
+    async fn delete_locked(
+        &self,
+        lock: &LockGuard,
+        key: &str,
+        expect: Expect,
+    ) -> Result<(), StorageError> {
+        self.on_lock_session(lock, async |c: &mut Object| delete_tx(c, key, expect).await)
+            .await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
@@ -1062,6 +1212,12 @@ impl Backend for PostgresBackend {
                 .read_only(true)
                 .start()
                 .await?;
+            // Longer than the pool's statement bound: copying every record takes a while.
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {}",
+                SNAPSHOT_TIMEOUT.as_millis()
+            ))
+            .await?;
             let rows = tx
                 .query(
                     "SELECT key, value, version FROM kms_records ORDER BY key",
@@ -1086,6 +1242,12 @@ impl Backend for PostgresBackend {
         let target = self.inner.target.clone();
         self.run(conn, SNAPSHOT_TIMEOUT, async |c: &mut Object| {
             let tx = c.transaction().await?;
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {0}; \
+                 SET LOCAL idle_in_transaction_session_timeout = {0}",
+                SNAPSHOT_TIMEOUT.as_millis()
+            ))
+            .await?;
             // The clock's row lock keeps every writer out until this commits.
             let seq: i64 = tx
                 .query_one("SELECT seq FROM kms_clock WHERE id = 1 FOR UPDATE", &[])
@@ -1217,12 +1379,13 @@ impl Backend for PostgresBackend {
         // Built before the first lock query: if this future is dropped while waiting, the
         // guard discards the session and nothing stays locked.
         let mut guard = PgLock {
-            conn: Some(conn),
+            conn: tokio::sync::Mutex::new(Some(conn)),
+            connector: self.inner.connector.clone(),
             complete: false,
             timeout: self.inner.op_timeout,
         };
         for name in sorted {
-            let Some(conn) = guard.conn.as_ref() else {
+            let Some(conn) = guard.conn.get_mut().as_ref() else {
                 return Err(StorageError::Io("lock connection lost".into()));
             };
             // No time bound: a lock is waited for as long as its holder holds it. A dead
@@ -1253,11 +1416,12 @@ impl Backend for PostgresBackend {
             .await
             .map_err(|e| pool_err(target, self.inner.connect_timeout, e))?;
         let mut guard = PgLock {
-            conn: Some(conn),
+            conn: tokio::sync::Mutex::new(Some(conn)),
+            connector: self.inner.connector.clone(),
             complete: false,
             timeout: self.inner.op_timeout,
         };
-        let Some(conn) = guard.conn.as_ref() else {
+        let Some(conn) = guard.conn.get_mut().as_ref() else {
             return Err(StorageError::Io("lock connection lost".into()));
         };
         let query = async {
@@ -1278,7 +1442,7 @@ impl Backend for PostgresBackend {
             Ok(Some(LockGuard::new(guard)))
         } else {
             // Nothing held: the connection goes back to the pool as it is.
-            if let Some(conn) = guard.conn.take() {
+            if let Some(conn) = guard.conn.get_mut().take() {
                 drop(conn);
             }
             Ok(None)
@@ -1708,6 +1872,72 @@ mod tests {
         }
         assert_eq!(b.get("k").await.unwrap(), None);
         assert_eq!(b.put("k", b"v".to_vec(), Expect::Absent).await.unwrap(), 1);
+    }
+
+    /// Writes fenced by a lock run on the lock's session: they fail (and write nothing) once
+    /// that session, and so the lock, is gone, where plain writes go on; a cancelled lock wait
+    /// leaves no session queued in PostgreSQL.
+    #[tokio::test]
+    async fn fenced_writes_fail_once_the_lock_is_lost() {
+        let Some(cfg) = fresh().await else { return };
+        let a = PostgresBackend::connect(&cfg).await.unwrap();
+        let b = PostgresBackend::connect(&cfg).await.unwrap();
+        let g = a.lock(&["name/x".into()]).await.unwrap();
+        assert_eq!(
+            a.put_locked(&g, "k", b"1".to_vec(), Expect::Absent)
+                .await
+                .unwrap(),
+            1
+        );
+        a.delete_locked(&g, "k", Expect::Version(1)).await.unwrap();
+        // A waiter on B gives up: its session must not stay queued for the lock.
+        let cut =
+            tokio::time::timeout(Duration::from_millis(200), b.lock(&["name/x".into()])).await;
+        assert!(cut.is_err());
+        let (admin, conn) = tokio_postgres::connect(&cfg.url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let queued = async || -> i64 {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        };
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        while queued().await > 0 {
+            assert!(
+                std::time::Instant::now() < give_up,
+                "a cancelled wait stays queued"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The lock's session ends (a PostgreSQL restart, a failover, pg_terminate_backend).
+        let killed: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+                 WHERE locktype = 'advisory' AND granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(killed, 1);
+        let e = a
+            .put_locked(&g, "k", b"2".to_vec(), Expect::Any)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StorageError::Io(_)), "{e}");
+        assert!(e.to_string().contains("lock"), "{e}");
+        assert!(a.delete_locked(&g, "k", Expect::Any).await.is_err());
+        assert_eq!(a.get("k").await.unwrap(), None);
+        // Another node may take the lock now; plain writes still work.
+        assert!(b.try_lock("name/x").await.unwrap().is_some());
+        a.put("k", b"3".to_vec(), Expect::Any).await.unwrap();
+        drop(g);
     }
 
     /// A schema newer than this binary knows stops the start, saying why.
