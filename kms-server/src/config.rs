@@ -234,7 +234,7 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
         let mut config: Config =
-            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| syntax_error(path, &text, &e))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -266,4 +266,23 @@ impl Config {
             .map_err(|e| format!("config file {}: {e}", path.display()))?;
         Ok(config)
     }
+}
+
+/// A config error naming the file, line and column, without toml's quote of the line: the
+/// line may hold a secret (a database password in `[storage] url`).
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let at = e
+        .span()
+        .map(|r| {
+            let before = text.get(..r.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(", line {line}, column {column}")
+        })
+        .unwrap_or_default();
+    format!(
+        "config file {}{at}: {}",
+        path.display(),
+        e.message().trim_end()
+    )
 }

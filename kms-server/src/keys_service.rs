@@ -168,6 +168,7 @@ impl KeyAdmin for KeysService {
         let who = principal::of(&req)?;
         let n = name(&req.into_inner().name)?;
         self.allow(&who, Op::Read, &n)?;
+        self.keystore.follow_unknown_name(&n).await;
         ok_key(self.keystore.get(&n))
     }
 
@@ -285,6 +286,7 @@ impl Crypto for KeysService {
         let key = name(&r.key)?;
         self.authz
             .check(&who, Op::Encrypt, Some(key.as_str()), &cmap(&r.context))?;
+        self.keystore.follow_unknown_name(&key).await;
         let e = self
             .keystore
             .encrypt(&key, &r.plaintext, &context(r.context)?)?;
@@ -304,6 +306,9 @@ impl Crypto for KeysService {
         self.keystore.check_unsealed()?;
         let who = principal::of(&req)?;
         let r = req.into_inner();
+        self.keystore
+            .follow_unknown_ciphertexts([r.ciphertext.as_slice()])
+            .await;
         self.check_ciphertext(&who, Op::Decrypt, &r.ciphertext, &r.context)?;
         let d = self.keystore.decrypt(&r.ciphertext, &context(r.context)?)?;
         let (k, v) = (d.key.to_string(), d.version);
@@ -328,6 +333,12 @@ impl Crypto for KeysService {
         } else {
             Some(name(&r.destination_key)?)
         };
+        self.keystore
+            .follow_unknown_ciphertexts([r.ciphertext.as_slice()])
+            .await;
+        if let Some(d) = &dest {
+            self.keystore.follow_unknown_name(d).await;
+        }
         let source = self.check_ciphertext(&who, Op::Reencrypt, &r.ciphertext, &r.context)?;
         // The destination needs the same grant (the source's key if none is named).
         if let Some(target) = dest.as_ref().or(source.as_ref()) {
@@ -376,6 +387,7 @@ impl Crypto for KeysService {
             Some(key.as_str()),
             &cmap(&r.context),
         )?;
+        self.keystore.follow_unknown_name(&key).await;
         let (dk, e) = self
             .keystore
             .generate_data_key(&key, &context(r.context)?)?;
@@ -405,6 +417,7 @@ impl Crypto for KeysService {
         let r = req.into_inner();
         self.check_batch(r.items.len())?;
         let key = name(&r.key)?;
+        self.keystore.follow_unknown_name(&key).await;
         let results = r
             .items
             .into_iter()
@@ -437,6 +450,9 @@ impl Crypto for KeysService {
         let who = principal::of(&req)?;
         let r = req.into_inner();
         self.check_batch(r.items.len())?;
+        self.keystore
+            .follow_unknown_ciphertexts(r.items.iter().map(|i| i.ciphertext.as_slice()))
+            .await;
         let results = r
             .items
             .into_iter()

@@ -73,6 +73,10 @@ struct CachedKey {
     damaged: BTreeMap<u32, String>,
     /// Encryptions since `meta` was last written, per version (index = version - 1).
     pending_counts: Vec<AtomicU64>,
+    /// The stored record is newer than `meta` and could not be read (a record another node
+    /// wrote that fails its check here): this entry serves nothing, no change is made from
+    /// it, and every refresh reads the record again.
+    unreadable: bool,
 }
 
 /// The keys of one unsealed period. Changes insert in place (O(log n)), so creating many
@@ -306,16 +310,14 @@ impl Keystore {
     }
 
     /// Reads key `id` from storage into the cache if storage holds a newer record than the
-    /// cache (another node changed it). A record that fails its check replaces the cached key
-    /// by one that serves nothing (DATA_LOSS), never by the stale one.
+    /// cache (another node changed it). A record that does not open is first retried with
+    /// the stored seal configuration (another node may have rotated the barrier and written
+    /// it under the new term); if it still does not open, the cached key is replaced by one
+    /// that serves nothing and from which no change is made (`unreadable`), never kept stale,
+    /// and the next refresh reads the record again.
     async fn refresh(&self, id: &KeyId) -> Result<(), KmsError> {
         let Ok(cache) = self.cache() else {
             return Ok(()); // sealed: the next load reads everything
-        };
-        let keyring = match self.seal.keyring().await {
-            Ok(k) => k,
-            Err(KmsError::Sealed) => return Ok(()),
-            Err(e) => return Err(e),
         };
         let path = meta_path(id);
         let Some(rec) = self.seal.backend().get(&path).await? else {
@@ -324,33 +326,55 @@ impl Keystore {
         let existing = read(&cache.by_id).get(id).cloned();
         if existing
             .as_ref()
-            .is_some_and(|k| k.record_version >= rec.version)
+            .is_some_and(|k| !k.unreadable && k.record_version >= rec.version)
         {
             return Ok(());
         }
-        let new_version = rec.version;
-        let (meta, record_version) = match open_meta(&keyring, &path, rec) {
+        let mut keyring = match self.seal.keyring().await {
+            Ok(k) => k,
+            Err(KmsError::Sealed) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut opened = open_meta(&keyring, &path, rec.clone());
+        if opened.is_err() {
+            if self.seal.reload_config().await? == crate::seal::Reloaded::Sealed {
+                self.clear();
+                return Ok(());
+            }
+            keyring = self.seal.keyring().await?;
+            opened = open_meta(&keyring, &path, rec);
+        }
+        let (meta, record_version) = match opened {
             Ok(v) => v,
             Err(why) => {
-                tracing::error!(%path, error = %why, "key metadata record written by another node is damaged; that key is unreadable");
-                write(&cache.damaged_ids).insert(*id, why.clone());
+                tracing::error!(%path, error = %why, "key metadata record written by another node does not open here; that key is unreadable on this node");
                 if let Some(old) = existing {
+                    let why = format!(
+                        "key {}: its latest stored record does not open on this node ({why}); \
+                         retry on another node, or restore from backup if it is damaged",
+                        old.meta.name
+                    );
                     let damaged = old
                         .meta
                         .versions
                         .iter()
-                        .map(|v| (v.version, format!("key {}: its stored record is damaged ({why}): restore from backup", old.meta.name)))
+                        .map(|v| (v.version, why.clone()))
                         .collect();
                     self.install(
                         &cache,
                         CachedKey {
                             pending_counts: counts_for(&old.meta),
                             meta: old.meta.clone(),
-                            record_version: new_version,
+                            // The old version: a change made from this entry could only
+                            // fail its compare-and-set.
+                            record_version: old.record_version,
                             material: BTreeMap::new(),
                             damaged,
+                            unreadable: true,
                         },
                     );
+                } else {
+                    write(&cache.damaged_ids).insert(*id, why);
                 }
                 return Ok(());
             }
@@ -380,6 +404,7 @@ impl Keystore {
                 new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
+        write(&cache.damaged_ids).remove(id);
         self.install(
             &cache,
             CachedKey {
@@ -388,9 +413,47 @@ impl Keystore {
                 record_version,
                 material,
                 damaged,
+                unreadable: false,
             },
         );
         Ok(())
+    }
+
+    /// On a shared store, catches up first when `ciphertexts` name a key id or version this
+    /// cache does not know: made on another node moments ago (within the staleness bound),
+    /// they would otherwise be refused as not authentic. At most one catch-up per call.
+    pub async fn follow_unknown_ciphertexts<'a>(
+        &self,
+        ciphertexts: impl IntoIterator<Item = &'a [u8]>,
+    ) {
+        if !self.shared {
+            return;
+        }
+        let Ok(cache) = self.cache() else { return };
+        let unknown = ciphertexts.into_iter().any(|ct| {
+            ciphertext::parse_header(ct).is_ok_and(|h| {
+                read(&cache.by_id)
+                    .get(&h.key_id)
+                    .is_none_or(|k| h.version > k.meta.latest())
+            })
+        });
+        if unknown {
+            // A failure shows in the call itself (the staleness check).
+            let _ = self.catch_up().await;
+        }
+    }
+
+    /// On a shared store, catches up first when this cache does not know key `name` (created
+    /// on another node moments ago).
+    pub async fn follow_unknown_name(&self, name: &KeyName) {
+        if !self.shared {
+            return;
+        }
+        let Ok(cache) = self.cache() else { return };
+        let known = read(&cache.by_name).contains_key(name);
+        if !known {
+            let _ = self.catch_up().await;
+        }
     }
 
     /// Erases material `v` of key `id` that no acknowledged version owns. On a shared store,
@@ -419,7 +482,10 @@ impl Keystore {
         } else {
             None
         };
-        backend.delete(path, Expect::Any).await?;
+        match &_lock {
+            Some(l) => backend.delete_locked(l, path, Expect::Any).await?,
+            None => backend.delete(path, Expect::Any).await?,
+        }
         Ok(true)
     }
 
@@ -527,6 +593,7 @@ impl Keystore {
                 record_version,
                 material,
                 damaged,
+                unreadable: false,
             });
             write(&cache.by_name).insert(cached.meta.name.clone(), cached.clone());
             write(&cache.by_id).insert(cached.meta.id, cached);
@@ -733,7 +800,7 @@ impl Keystore {
         let id = KeyId::random().map_err(|e| KmsError::Internal(e.to_string()))?;
         // On a shared store, another node may create the same name: under the name's cluster
         // lock, with the cache caught up, what the cache says is what storage holds.
-        let _lock = self
+        let lock = self
             .cluster_lock(&[format!("name/{name}"), key_lock(&id)])
             .await?;
         self.catch_up().await?;
@@ -759,8 +826,11 @@ impl Keystore {
         let meta = KeyMeta::new(name, id, purpose, now, description, labels, rotation_period)?;
         let material = Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?;
         let keyring = self.seal.keyring().await?;
-        self.write_material(&keyring, &id, 1, &material).await?;
-        let record_version = self.write_meta(&keyring, &meta, Expect::Absent).await?;
+        self.write_material(&keyring, lock.as_ref(), &id, 1, &material)
+            .await?;
+        let record_version = self
+            .write_meta(&keyring, lock.as_ref(), &meta, Expect::Absent)
+            .await?;
         let mut mats = BTreeMap::new();
         mats.insert(1, material);
         self.install(
@@ -771,6 +841,7 @@ impl Keystore {
                 record_version,
                 material: mats,
                 damaged: BTreeMap::new(),
+                unreadable: false,
             },
         );
         tracing::info!(key = %meta.name, id = %meta.id, "key created");
@@ -846,14 +917,20 @@ impl Keystore {
         // On a shared store: under the key's cluster lock, from the latest committed record,
         // so two nodes' changes to one key never race (nor a change and a scheduled job).
         let id = current.meta.id;
-        let _lock = self.cluster_lock(&[key_lock(&id)]).await?;
+        let lock = self.cluster_lock(&[key_lock(&id)]).await?;
         if self.shared {
             self.refresh(&id).await?;
             if let Some(fresh) = read(&cache.by_id).get(&id).cloned() {
                 current = fresh;
             }
+            if current.unreadable {
+                return Err(KmsError::DataLoss(format!(
+                    "key {name} was not changed: its latest stored record does not open on this \
+                     node; retry on another node"
+                )));
+            }
         }
-        self.apply(&cache, &current, change).await
+        self.apply(&cache, &current, lock.as_ref(), change).await
     }
 
     /// Takes cluster-wide locks on a shared store; nothing to take for a store one node owns
@@ -869,6 +946,7 @@ impl Keystore {
         &self,
         cache: &Arc<Cache>,
         current: &CachedKey,
+        lock: Option<&LockGuard>,
         change: F,
     ) -> Result<KeyMeta, KmsError>
     where
@@ -883,7 +961,7 @@ impl Keystore {
         if meta.latest() > before_latest {
             let v = meta.latest();
             let m = Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?;
-            self.write_material(&keyring, &meta.id, v, &m).await?;
+            self.write_material(&keyring, lock, &meta.id, v, &m).await?;
             material.insert(v, m);
         }
         // Everything the new cache entry needs is read before the metadata commits, so nothing
@@ -908,7 +986,12 @@ impl Keystore {
             }
         }
         let record_version = self
-            .write_meta(&keyring, &meta, Expect::Version(current.record_version))
+            .write_meta(
+                &keyring,
+                lock,
+                &meta,
+                Expect::Version(current.record_version),
+            )
             .await?;
         self.install(
             cache,
@@ -918,6 +1001,7 @@ impl Keystore {
                 record_version,
                 material,
                 damaged,
+                unreadable: false,
             },
         );
         if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {
@@ -1072,11 +1156,12 @@ impl Keystore {
         let guard = read(&self.cache);
         if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, cache)) {
             let mut by_id = write(&cache.by_id);
-            // A refresh that read an older record than a change installed meanwhile loses.
-            if by_id
-                .get(&key.meta.id)
-                .is_some_and(|k| k.record_version >= key.record_version)
-            {
+            // A refresh that read an older record than a change installed meanwhile loses. An
+            // unreadable entry replaces the entry of the same version it stands for.
+            if by_id.get(&key.meta.id).is_some_and(|k| {
+                k.record_version > key.record_version
+                    || (k.record_version == key.record_version && !key.unreadable)
+            }) {
                 return;
             }
             write(&cache.by_name).insert(key.meta.name.clone(), key.clone());
@@ -1133,29 +1218,44 @@ impl Keystore {
     async fn write_material(
         &self,
         keyring: &Keyring,
+        lock: Option<&LockGuard>,
         id: &KeyId,
         version: u32,
         material: &Secret32,
     ) -> Result<(), KmsError> {
         let path = material_path(id, version);
         let sealed = keyring.seal(&path, material.expose())?;
-        self.seal
-            .backend()
-            .put(&path, sealed, Expect::Absent)
-            .await?;
+        self.put(lock, &path, sealed, Expect::Absent).await?;
         Ok(())
     }
 
     async fn write_meta(
         &self,
         keyring: &Keyring,
+        lock: Option<&LockGuard>,
         meta: &KeyMeta,
         expect: Expect,
     ) -> Result<u64, KmsError> {
         let path = meta_path(&meta.id);
         let json = serde_json::to_vec(meta).map_err(|e| KmsError::Internal(e.to_string()))?;
         let sealed = keyring.seal(&path, &json)?;
-        Ok(self.seal.backend().put(&path, sealed, expect).await?)
+        self.put(lock, &path, sealed, expect).await
+    }
+
+    /// A write, fenced by `lock` when one is held (it fails rather than lands once the lock
+    /// is lost: see `Backend::put_locked`).
+    async fn put(
+        &self,
+        lock: Option<&LockGuard>,
+        path: &str,
+        value: Vec<u8>,
+        expect: Expect,
+    ) -> Result<u64, KmsError> {
+        let backend = self.seal.backend();
+        Ok(match lock {
+            Some(l) => backend.put_locked(l, path, value, expect).await?,
+            None => backend.put(path, value, expect).await?,
+        })
     }
 }
 

@@ -191,14 +191,10 @@ impl Seal {
         let share: Share = text.parse()?;
         let mut inner = self.inner.lock().await;
         // On a shared store another node may have initialised or rekeyed moments ago (before
-        // this node followed the change): a share this node cannot place is checked against
-        // the stored configuration first. Sealed, so nothing else depends on the old one.
-        let stale = inner
-            .config
-            .as_ref()
-            .is_none_or(|c| c.set_id != share.set_id());
+        // this node followed the change): every share is checked against the stored
+        // configuration, so a share voided by a rekey elsewhere never counts. Sealed, so
+        // nothing else depends on the old one.
         if self.backend.shared()
-            && stale
             && matches!(inner.state, State::Sealed { .. })
             && let Some(fresh) = read_config(self.backend.as_ref()).await?
             && inner
@@ -206,10 +202,17 @@ impl Seal {
                 .as_ref()
                 .is_none_or(|c| c.version < fresh.version)
         {
+            if inner
+                .config
+                .as_ref()
+                .is_none_or(|c| c.set_id != fresh.set_id)
+            {
+                // Shares of the old set no longer count.
+                inner.state = State::Sealed {
+                    submitted: Vec::new(),
+                };
+            }
             inner.config = Some(fresh);
-            inner.state = State::Sealed {
-                submitted: Vec::new(),
-            };
         }
         let Inner { config, state } = &mut *inner;
         let config = config.as_ref().ok_or(KmsError::NotInitialized)?;

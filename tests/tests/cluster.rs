@@ -187,6 +187,33 @@ async fn changes_on_one_node_reach_the_others_within_the_bound() {
     );
 }
 
+/// A key created and rotated on node A, and a ciphertext made there, are served by node B at
+/// once (B catches up on a key or version it does not know), never refused as tampered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_node_has_not_seen_yet_is_read_at_once_not_refused() {
+    let cl = Cluster::new(2, "");
+    let (nodes, _share) = cl.start_all_unsealed().await;
+    let a = nodes[0].client().await;
+    let b = nodes[1].client().await;
+    for i in 0..5 {
+        let name = format!("fresh/{i}");
+        create(&a, &name).await.unwrap();
+        // No wait: B has (most likely) not followed the create yet.
+        let r = b.encrypt(&name, b"x".to_vec(), ctx()).await.unwrap();
+        assert_eq!(r.version, 1);
+        a.call(
+            a.key_admin()
+                .rotate_key(pb::RotateKeyRequest { name: name.clone() }),
+        )
+        .await
+        .unwrap();
+        let ct = a.encrypt(&name, b"new".to_vec(), ctx()).await.unwrap();
+        assert_eq!(ct.version, 2);
+        let d = b.decrypt(ct.ciphertext, ctx()).await.unwrap();
+        assert_eq!(d.plaintext, b"new");
+    }
+}
+
 /// Three nodes create the same names at the same moment: each name is created exactly once,
 /// the others are told it exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
