@@ -68,7 +68,9 @@ impl Default for KeySettings {
 struct CachedKey {
     meta: KeyMeta,
     record_version: u64,
-    material: BTreeMap<u32, Secret32>,
+    /// Shared between a key's successive cache entries, so a change or a refresh never copies
+    /// key material (a copy could leave bytes behind that nothing wipes).
+    material: BTreeMap<u32, Arc<Secret32>>,
     /// Versions whose material record was damaged or missing at load, with why.
     damaged: BTreeMap<u32, String>,
     /// Encryptions since `meta` was last written, per version (index = version - 1).
@@ -383,12 +385,12 @@ impl Keystore {
         let mut damaged = BTreeMap::new();
         for v in cached_versions(&meta) {
             if let Some(m) = existing.as_ref().and_then(|k| k.material.get(&v)) {
-                material.insert(v, m.clone());
+                material.insert(v, Arc::clone(m));
                 continue;
             }
             match self.read_material(&keyring, &meta, v).await {
                 Ok(m) => {
-                    material.insert(v, m);
+                    material.insert(v, Arc::new(m));
                 }
                 Err(KmsError::DataLoss(why)) => {
                     tracing::error!(key = %meta.name, version = v, error = %why, "key material record is damaged; that version is unreadable");
@@ -578,7 +580,7 @@ impl Keystore {
             for v in cached_versions(&meta) {
                 match self.read_material(&keyring, &meta, v).await {
                     Ok(m) => {
-                        material.insert(v, m);
+                        material.insert(v, Arc::new(m));
                     }
                     Err(e @ KmsError::DataLoss(_)) => {
                         tracing::error!(key = %meta.name, version = v, error = %e, "key material record is damaged; that version is unreadable");
@@ -832,7 +834,7 @@ impl Keystore {
             .write_meta(&keyring, lock.as_ref(), &meta, Expect::Absent)
             .await?;
         let mut mats = BTreeMap::new();
-        mats.insert(1, material);
+        mats.insert(1, Arc::new(material));
         self.install(
             &cache,
             CachedKey {
@@ -962,7 +964,7 @@ impl Keystore {
             let v = meta.latest();
             let m = Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?;
             self.write_material(&keyring, lock, &meta.id, v, &m).await?;
-            material.insert(v, m);
+            material.insert(v, Arc::new(m));
         }
         // Everything the new cache entry needs is read before the metadata commits, so nothing
         // can fail between the commit and the cache update.
@@ -975,7 +977,7 @@ impl Keystore {
             if let std::collections::btree_map::Entry::Vacant(slot) = material.entry(v) {
                 match self.read_material(&keyring, &meta, v).await {
                     Ok(m) => {
-                        slot.insert(m);
+                        slot.insert(Arc::new(m));
                     }
                     Err(KmsError::DataLoss(why)) => {
                         tracing::error!(key = %meta.name, version = v, error = %why, "key material record is damaged; that version is unreadable");
