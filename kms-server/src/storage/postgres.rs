@@ -1517,6 +1517,30 @@ mod tests {
         assert!(e.contains("needs ca"), "{e}");
     }
 
+    /// With `tls = "verify-full"` (the default) a session is never in clear: TLS is required
+    /// whatever `sslmode` the url says, and the CA file must hold a certificate. (That the
+    /// handshake checks the chain and the host name was checked by hand: docs/postgres.md.)
+    /// [SNC 10.2.c: flows to the database are encrypted and authenticated]
+    #[test]
+    fn verify_full_never_falls_back_to_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["db".to_string()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let cfg = parse(&format!(
+            "url = \"host=db sslmode=disable\"\nca = \"{}\"\n",
+            ca.display()
+        ))
+        .unwrap();
+        assert_eq!(cfg.pg_config().unwrap().get_ssl_mode(), SslMode::Require);
+        assert!(matches!(cfg.connector(), Ok(Connector::Rustls(_))));
+        let plain = parse("url = \"host=127.0.0.1\"\ntls = \"disable\"\n").unwrap();
+        assert_eq!(plain.pg_config().unwrap().get_ssl_mode(), SslMode::Disable);
+        std::fs::write(&ca, "no certificate here\n").unwrap();
+        let e = cfg.connector().err().unwrap().to_string();
+        assert!(e.contains("no certificate found"), "{e}");
+    }
+
     /// A password in `url` never shows in the configuration's debug output nor in errors.
     #[test]
     fn the_url_password_is_never_printed() {
