@@ -82,6 +82,7 @@ trap 'exit 130' INT TERM
 
 {
     echo "date: $(date -u +%FT%TZ)"
+    [[ -n ${NO_BUILD:-} ]] && echo "NO_BUILD: binaries as found, kms-server built $(date -u -r "$BIN/kms-server" +%FT%TZ); the commit below is the checkout's now"
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes in the checkout)')"
     git diff --quiet HEAD -- kms-server kms-core kms-client kms-bench kms-cli proto 2>/dev/null ||
         echo "uncommitted in the built crates: $(git diff --name-only HEAD -- kms-server kms-core kms-client kms-bench kms-cli proto | tr '\n' ' ')"
@@ -258,6 +259,10 @@ run_config() {
     measure "$run" "$cfg" encrypt
     measure "$run" "$cfg" create-key
     stop_nodes
+    # The end of each node's log, for the errors a window may show (full logs are big).
+    for i in $(seq 0 $((count - 1))); do
+        tail -n 50 "$dir/node-$i/server.log" >"$OUT/raw/r$run-$cfg-node-$i.log"
+    done
     rm -rf "$dir"
 }
 
