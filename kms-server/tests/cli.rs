@@ -126,8 +126,8 @@ fn missing_config_file_is_named() {
     assert!(err.contains(&path.display().to_string()), "stderr:\n{err}");
 }
 
-/// A TOML syntax error names the file and the line. toml prints "at line N, column M" and a
-/// snippet whose gutter carries the line number ("3 | listen = ").
+/// A TOML syntax error names the file, the line and the column, and does not quote the line
+/// (it may hold a secret, e.g. a database password in `[storage] url`).
 #[test]
 fn syntax_error_names_file_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -137,8 +137,8 @@ fn syntax_error_names_file_and_line() {
     cmd.arg("--config").arg(&path);
     let err = failed(&run(cmd));
     assert!(err.contains(&path.display().to_string()), "stderr:\n{err}");
-    assert!(err.contains("line 3"), "stderr:\n{err}");
-    assert!(err.contains("3 | listen ="), "stderr:\n{err}");
+    assert!(err.contains("line 3, column"), "stderr:\n{err}");
+    assert!(!err.contains("listen ="), "stderr:\n{err}");
 }
 
 /// A misspelt key is refused, not ignored, and the message names it.
