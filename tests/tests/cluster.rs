@@ -400,12 +400,15 @@ async fn a_killed_node_loses_nothing_and_calls_succeed_elsewhere() {
     check(&restarted.client().await).await;
 }
 
-/// PostgreSQL stopped under load: after one bound, every node refuses key use with
-/// UNAVAILABLE (it cannot confirm its cache), changes fail with UNAVAILABLE, nothing hangs;
-/// once PostgreSQL is back, the nodes serve again by themselves and everything acknowledged
-/// is there.
+/// PostgreSQL stopped and started again under load (`kms-bench` on node A, a client making
+/// keys and ciphertexts on node B): after one bound, every node refuses key use with
+/// UNAVAILABLE (it cannot confirm its cache), changes fail with UNAVAILABLE, nothing hangs and
+/// nothing answers anything else; once PostgreSQL is back, the nodes serve again by themselves
+/// and every acknowledged key and ciphertext is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_restart_makes_nodes_unavailable_then_they_recover() {
+async fn a_database_restart_under_load_makes_nodes_unavailable_then_they_recover() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     let mut cl = Cluster::new(2, "");
     let (nodes, _share) = cl.start_all_unsealed().await;
     let a = nodes[0].client().await;
@@ -414,6 +417,53 @@ async fn a_database_restart_makes_nodes_unavailable_then_they_recover() {
     let before = after_bound(|| b.encrypt("steady", b"before".to_vec(), ctx()))
         .await
         .unwrap();
+
+    let bench = nodes[0].bench_spawn(&[
+        "run",
+        "--op",
+        "encrypt",
+        "--key",
+        "steady",
+        "--concurrency",
+        "2",
+        "--rate",
+        "100",
+        "--duration",
+        "6",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    // The load on B: keys and ciphertexts, what was acknowledged, and anything unexpected.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (b, stop) = (b.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut keys, mut cts, mut unexpected) = (Vec::new(), Vec::new(), Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let name = format!("load/{i}");
+                let r = if i % 3 == 0 {
+                    create(&b, &name).await.map(|_| keys.push(name))
+                } else {
+                    let pt = format!("load {i}").into_bytes();
+                    b.encrypt("steady", pt.clone(), ctx())
+                        .await
+                        .map(|r| cts.push((r.ciphertext, pt)))
+                };
+                match r {
+                    Ok(()) => {}
+                    Err(e) if code(&e) == Code::Unavailable => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => unexpected.push(e.to_string()),
+                }
+            }
+            (keys, cts, unexpected)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     cl.pg.stop();
     tokio::time::sleep(Duration::from_millis(MAX_STALENESS_MS + 100)).await;
@@ -441,10 +491,38 @@ async fn a_database_restart_makes_nodes_unavailable_then_they_recover() {
             .unwrap();
         assert_eq!(d.plaintext, b"before");
     }
+    // Some load after the outage too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (keys, cts, unexpected) = load.await.unwrap();
+    assert!(
+        unexpected.is_empty(),
+        "answers other than OK or UNAVAILABLE: {unexpected:?}"
+    );
+    assert!(!keys.is_empty() && !cts.is_empty(), "the load made nothing");
+    let out = bench.wait_with_output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kms-bench: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(report["ok"].as_u64().unwrap() > 0, "{report}");
+    for code in report["errors"].as_object().unwrap().keys() {
+        assert_eq!(code, "Unavailable", "kms-bench saw {code}: {report}");
+    }
+
+    // Everything acknowledged, on both nodes.
     create(&a, "after-outage").await.unwrap();
-    after_bound(|| b.encrypt("after-outage", b"x".to_vec(), ctx()))
-        .await
-        .unwrap();
+    for c in [&a, &b] {
+        after_bound(|| c.encrypt("after-outage", b"x".to_vec(), ctx()))
+            .await
+            .unwrap();
+        for k in &keys {
+            c.call(c.key_admin().get_key(pb::GetKeyRequest { name: k.clone() }))
+                .await
+                .unwrap_or_else(|e| panic!("acknowledged key {k} is missing: {e}"));
+        }
+        for (ct, pt) in &cts {
+            assert_eq!(&c.decrypt(ct.clone(), ctx()).await.unwrap().plaintext, pt);
+        }
+    }
     // The refused create left nothing behind.
     let e = b
         .call(b.key_admin().get_key(pb::GetKeyRequest {
