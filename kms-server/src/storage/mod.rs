@@ -133,8 +133,9 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// Takes the cluster-wide locks `names` (waiting for each, in sorted order, so two callers
     /// never deadlock), held until the guard drops. Every node sees the same locks: sled (one
-    /// process) keeps them in memory, PostgreSQL uses advisory locks. Writes made while holding
-    /// a lock need no connection of the lock's own.
+    /// process) keeps them in memory, PostgreSQL uses advisory locks (released shortly after
+    /// the guard drops, by a task). Writes the lock must exclude go through `put_locked` /
+    /// `delete_locked`, so they fail if the lock was lost meanwhile.
     async fn lock(&self, names: &[String]) -> Result<LockGuard, StorageError>;
     /// Takes the cluster-wide lock `name` if no one holds it.
     async fn try_lock(&self, name: &str) -> Result<Option<LockGuard>, StorageError>;
