@@ -670,3 +670,72 @@ async fn a_second_node_with_the_same_name_is_refused() {
         "{err}"
     );
 }
+
+/// A backup taken on one node of a PostgreSQL cluster (one consistent snapshot of the
+/// database) restores into an empty database only; a node started on it unseals with the same
+/// share and decrypts what was encrypted before the backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_backup_restores_into_an_empty_database() {
+    let cl = Cluster::new(2, "");
+    let (nodes, share) = cl.start_all_unsealed().await;
+    let a = nodes[0].client().await;
+    create(&a, "kept").await.unwrap();
+    let ct = a.encrypt("kept", b"kept".to_vec(), ctx()).await.unwrap();
+    // Taken on the other node: the backup reads the database, not that node's cache.
+    let file = cl.root.path().join("cluster.backup");
+    let out = nodes[1].cli(&["operator", "backup", "--out", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restore = |config: &std::path::Path| {
+        std::process::Command::new(kms_tests::bin("kms-server"))
+            .arg("restore")
+            .arg("--config")
+            .arg(config)
+            .arg("--from")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    // Into the database in use: refused, nothing written.
+    let out = restore(&cl.node_dir(0).join("config.toml"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("restore only into an empty database"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Into a new, empty database, for a new node.
+    let url = cl.pg.create_database("restored");
+    let dir = cl.root.path().join("node-restored");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = std::fs::read_to_string(cl.node_dir(0).join("config.toml"))
+        .unwrap()
+        .replace(&cl.pg.url(), &url)
+        .replace("node = \"kms-0\"", "node = \"kms-restored\"");
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+    let out = restore(&dir.join("config.toml"));
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restored = kms_tests::Server::spawn(
+        std::process::Command::new(kms_tests::bin("kms-server"))
+            .arg("--config")
+            .arg(dir.join("config.toml")),
+        &dir.join("server.log"),
+        cl.pki.ca(),
+        cl.pki.client("client"),
+    );
+    kms_tests::unseal_with(&restored, std::slice::from_ref(&share), &[1]).await;
+    let d = restored
+        .client()
+        .await
+        .decrypt(ct.ciphertext, ctx())
+        .await
+        .unwrap();
+    assert_eq!(d.plaintext, b"kept");
+}
