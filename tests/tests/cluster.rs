@@ -739,3 +739,69 @@ async fn a_cluster_backup_restores_into_an_empty_database() {
         .unwrap();
     assert_eq!(d.plaintext, b"kept");
 }
+
+/// Deletion scheduled on node A with a zero-day window (this test config allows it): the
+/// scheduler of one of the three nodes destroys the key once, every node refuses its
+/// ciphertexts one bound later, its name is never reused, and its material is gone from the
+/// database. [SNC 11.9.a / RègleEffacement-1: destruction reaches every node]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destruction_reaches_every_node_and_erases_the_material() {
+    let cl = Cluster::new(3, kms_tests::FAST_LIFECYCLE);
+    let (nodes, _share) = cl.start_all_unsealed().await;
+    let a = nodes[0].client().await;
+    let k = create(&a, "doomed").await.unwrap();
+    a.call(a.key_admin().rotate_key(pb::RotateKeyRequest {
+        name: "doomed".into(),
+    }))
+    .await
+    .unwrap();
+    let ct = a.encrypt("doomed", b"bye".to_vec(), ctx()).await.unwrap();
+    a.call(
+        a.key_admin()
+            .schedule_key_deletion(pb::ScheduleKeyDeletionRequest {
+                name: "doomed".into(),
+                waiting_period_days: Some(0),
+            }),
+    )
+    .await
+    .unwrap();
+    // The schedulers run every second; wait (bounded) until the key is destroyed.
+    let mut destroyed = false;
+    for _ in 0..300 {
+        let key = a
+            .call(a.key_admin().get_key(pb::GetKeyRequest {
+                name: "doomed".into(),
+            }))
+            .await
+            .unwrap();
+        if key.state == pb::KeyState::Destroyed as i32 {
+            destroyed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(destroyed, "the key was not destroyed within 30 s");
+    for n in &nodes {
+        let c = n.client().await;
+        let e = after_bound(|| c.decrypt(ct.ciphertext.clone(), ctx()))
+            .await
+            .expect_err("a node decrypted with a destroyed key past the bound");
+        assert_eq!(code(&e), Code::FailedPrecondition, "{e}");
+        let e = create(&c, "doomed")
+            .await
+            .expect_err("a destroyed name was reused");
+        assert_eq!(code(&e), Code::AlreadyExists, "{e}");
+    }
+    // Every version's material record is erased from the database; the metadata tombstone
+    // stays (a name is never reused).
+    let material = cl.pg.psql(&format!(
+        "SELECT count(*) FROM kms_records WHERE key LIKE 'keys/{}/v/%'",
+        k.id
+    ));
+    assert_eq!(material, "0");
+    let meta = cl.pg.psql(&format!(
+        "SELECT count(*) FROM kms_records WHERE key = 'keys/{}/meta'",
+        k.id
+    ));
+    assert_eq!(meta, "1");
+}
