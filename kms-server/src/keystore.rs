@@ -278,10 +278,12 @@ impl Keystore {
             {
                 self.clear();
             }
+            // Each key once, in commit order (a page holds up to a few thousand).
             let mut ids: Vec<KeyId> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
             for path in &changes.keys {
                 if let Some(id) = parse_meta_path(path) {
-                    if !ids.contains(&id) {
+                    if seen.insert(id) {
                         ids.push(id);
                     }
                 } else if !path.starts_with("keys/") && !path.starts_with("audit/head/") {
