@@ -10,17 +10,26 @@ use crate::{Pki, Server, TEST_POLICY, bin};
 /// The staleness bound the cluster tests configure (`[storage] max_staleness_ms`).
 pub const MAX_STALENESS_MS: u64 = 500;
 
+/// One cluster at a time per test binary: a cluster is PostgreSQL, up to three servers and
+/// load generators, and several at once on a 2-core machine would overload it until the
+/// nodes fail closed (UNAVAILABLE past the staleness bound) for reasons no test is about.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub struct Cluster {
     pub pg: PgServer,
     pub root: tempfile::TempDir,
     pub pki: Pki,
     nodes: usize,
+    // Last: released after the database is gone (the test's servers are dropped before).
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Cluster {
     /// `nodes` node configurations on a new PostgreSQL instance; `extra` ends every node's
     /// config file (e.g. a `[keys]` section).
     pub fn new(nodes: usize, extra: &str) -> Cluster {
+        // A test that failed while holding it poisoned it; the next one may still run.
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let pg = PgServer::start();
         let root = tempfile::tempdir().unwrap();
         let pki = Pki::generate(&root.path().join("tls"));
@@ -50,6 +59,7 @@ node = "kms-{i}"
             root,
             pki,
             nodes,
+            _serial: serial,
         }
     }
 
