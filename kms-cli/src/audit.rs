@@ -742,7 +742,8 @@ fn fail(fmt: Format, failures: &[(Option<&str>, BadLine)]) -> Result<(), Failure
     Err(failure(&refs))
 }
 
-/// Exit 1 with each failing node's first bad line, one per line (`FILE:LINE: reason`).
+/// Exit 1 ([`crate::exit::REFUSED`]) with each failing node's first bad line, one per line
+/// (`FILE:LINE: reason`).
 fn failure(failures: &[(Option<&str>, &BadLine)]) -> Failure {
     let message = match failures {
         [(_, bad)] => bad.message.clone(),
@@ -755,5 +756,5 @@ fn failure(failures: &[(Option<&str>, &BadLine)]) -> Failure {
             .collect::<Vec<_>>()
             .join("\n"),
     };
-    Failure { code: 1, message }
+    Failure::server(message)
 }
