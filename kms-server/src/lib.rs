@@ -19,6 +19,7 @@ mod error;
 pub mod harden;
 mod keys_service;
 pub mod keystore;
+pub mod logging;
 pub mod mfa;
 pub mod pki;
 pub mod principal;

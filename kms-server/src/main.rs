@@ -12,12 +12,17 @@ use clap::{Parser, Subcommand};
 #[command(
     args_conflicts_with_subcommands = true,
     version,
-    after_help = "Examples:\n  kms-server --config /etc/kms/config.toml\n  kms-server dev\n  kms-server dev --data-dir /tmp/kms --listen 127.0.0.1:0\n  kms-server restore --config /etc/kms/config.toml --from kms.backup"
+    after_help = "Examples:\n  kms-server --config /etc/kms/config.toml\n  kms-server dev\n  kms-server dev --data-dir /tmp/kms --listen 127.0.0.1:0\n  KMS_LOG=debug kms-server --log-format json --config /etc/kms/config.toml\n  kms-server restore --config /etc/kms/config.toml --from kms.backup"
 )]
 struct Args {
     /// Configuration file (TOML); see kms-server/config.example.toml.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log format on stderr: human (text) or json (one object per line). Default: human when
+    /// stderr is a terminal, json otherwise. The filter is KMS_LOG (default info); see
+    /// docs/logging.md.
+    #[arg(long, global = true, value_name = "FORMAT", value_enum, env = kms_server::logging::FORMAT_ENV)]
+    log_format: Option<kms_server::logging::LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -72,13 +77,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KMS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    kms_server::logging::init(args.log_format);
     // Before any secret is read or derived.
     kms_server::harden::apply();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
