@@ -26,11 +26,7 @@ pub(crate) fn completions(shell: Shell) -> Result<(), Failure> {
 /// lists the files.
 pub(crate) fn man(out: Option<&Path>, fmt: Format) -> Result<(), Failure> {
     let Some(dir) = out else {
-        let mut page = Vec::new();
-        clap_mangen::Man::new(tree())
-            .source(source())
-            .render(&mut page)
-            .map_err(|e| Failure::usage(format!("cannot render the man page: {e}")))?;
+        let page = render(&clap_mangen::Man::new(tree()).source(source()))?;
         return output::stdout(&page);
     };
     std::fs::create_dir_all(dir).map_err(|e| {
@@ -59,6 +55,16 @@ pub(crate) fn man(out: Option<&Path>, fmt: Format) -> Result<(), Failure> {
     }
 }
 
+/// A page as roff. Every command's `after_help` starts with its examples, so the section
+/// clap_mangen calls EXTRA is titled EXAMPLES, as man pages name it.
+fn render(man: &clap_mangen::Man) -> Result<Vec<u8>, Failure> {
+    let mut page = Vec::new();
+    man.render(&mut page)
+        .map_err(|e| Failure::usage(format!("cannot render a man page: {e}")))?;
+    let text = String::from_utf8_lossy(&page).replace("\n.SH EXTRA\n", "\n.SH EXAMPLES\n");
+    Ok(text.into_bytes())
+}
+
 /// What each page's footer names as its source: `kms-cli 0.1.0`.
 fn source() -> String {
     format!("{BIN} {}", env!("CARGO_PKG_VERSION"))
@@ -82,9 +88,8 @@ fn write_pages(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> Re
     // The footer names the program and version on every page, not the subcommand's name.
     let man = clap_mangen::Man::new(cmd).source(source());
     let path = dir.join(man.get_filename());
-    let mut page = Vec::new();
-    man.render(&mut page)
-        .and_then(|()| std::fs::write(&path, &page))
+    let page = render(&man)?;
+    std::fs::write(&path, page)
         .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
     written.push(path);
     for sub in subs {

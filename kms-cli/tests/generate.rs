@@ -163,6 +163,7 @@ fn man_writes_a_page_for_every_subcommand() {
             "{file} has no roff .TH header:\n{text}"
         );
         assert!(text.contains(".SH NAME"), "{file}:\n{text}");
+        assert!(text.contains("\n.SH EXAMPLES\n"), "{file}:\n{text}");
         assert!(text.contains("kms-cli 0.1"), "{file} footer:\n{text}");
         // The example from --help, with roff's escaped hyphens.
         let example = command.replace('-', "\\-");
