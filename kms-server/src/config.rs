@@ -25,6 +25,43 @@ pub struct Config {
     /// Connection and request limits; every field has a default (see docs/limits.md).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The Prometheus metrics listener; on by default, loopback only (see docs/metrics.md).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section: a plain-HTTP Prometheus endpoint (`GET /metrics`) on its own
+/// listener. Metrics carry no secret and no key name, but they show request rates and key
+/// counts: keep the listener on loopback, or behind a firewall.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve metrics at all (default true).
+    pub enabled: bool,
+    /// Address of the metrics listener; port 0 picks a free port. When unset, the server
+    /// tries [`MetricsConfig::DEFAULT_LISTEN`] and, if that is taken, starts without metrics
+    /// (a warning); when set, an address that cannot be bound stops the server.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// 127.0.0.1:9464, the port commonly used by Prometheus exporters of applications.
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+    /// The address to bind.
+    pub fn address(&self) -> SocketAddr {
+        self.listen.unwrap_or(Self::DEFAULT_LISTEN)
+    }
 }
 
 /// Connection and request limits (the `[limits]` section), so that no client, slow, silent or

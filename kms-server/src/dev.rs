@@ -111,6 +111,8 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, options: Options) -> Resul
         },
         // The production limits, so dev mode behaves as deployed servers do.
         limits: Default::default(),
+        // On by default, loopback only (docs/metrics.md).
+        metrics: Default::default(),
     };
     let tls = crate::load_tls(&config)?;
     let sink = crate::open_audit(&config)?;

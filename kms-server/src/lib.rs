@@ -20,6 +20,7 @@ pub mod harden;
 mod keys_service;
 pub mod keystore;
 pub mod logging;
+pub mod metrics;
 pub mod mfa;
 pub mod pki;
 pub mod principal;
@@ -136,6 +137,17 @@ pub async fn serve(
             .await
             .map_err(|e| format!("cannot load MFA enrolments: {e}"))?;
     }
+    // --- metrics (docs/metrics.md): its own plain-HTTP listener, and a layer counting calls.
+    let request_metrics = metrics::Metrics::new();
+    let metrics_server = metrics::bind(&config.metrics).await?.map(|l| {
+        let sources = Arc::new(metrics::Sources {
+            metrics: request_metrics.clone(),
+            seal: seal.clone(),
+            keystore: keystore.clone(),
+        });
+        tokio::spawn(metrics::serve(l, sources))
+    });
+    // --- end metrics
     let reloader = tokio::spawn(reload_on_sighup(authz.clone()));
     let head_sealer = tokio::spawn(seal_audit_head(sink.clone(), seal.clone()));
     let shipper = config
@@ -197,6 +209,8 @@ pub async fn serve(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.keepalive_interval()))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+        // Outermost, so it sees what the client sees (deadline and audit refusals included).
+        .layer(metrics::MetricsLayer::new(request_metrics))
         // Outside the audit layer, as a client's RST_STREAM is: see deadline.rs.
         .layer(deadline::DeadlineLayer::new(limits.request_timeout()))
         .layer(audit_sink::AuditLayer::new(sink.clone()))
@@ -251,6 +265,9 @@ pub async fn serve(
     // Drop every secret before returning.
     scheduler.abort();
     reloader.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     if let Some(f) = follower {
         f.abort();
     }
