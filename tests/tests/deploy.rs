@@ -633,3 +633,129 @@ async fn health_is_not_serving_while_a_node_cannot_follow_postgres() {
     .await;
     assert_eq!(all_health(&ch).await, UNSEALED);
 }
+
+/// Whether this test runs as root (to hand files to another user, as the install does).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// The unprivileged account of [`the_units_privileges_are_enough`] (`nobody`).
+const KMS_UID: u32 = 65534;
+
+/// The privileges the unit gives, without systemd: the server runs as an unprivileged user
+/// (`setpriv`), with CAP_IPC_LOCK as its only capability (bounding, ambient), no new
+/// privileges, `LimitCORE=0` (`prlimit`) and `UMask=0077`, on the
+/// production layout with its documented ownership (`/etc/kms` root:kms 0750/0640,
+/// `/var/lib/kms` kms:kms 0700). It starts, locks its memory (so CAP_IPC_LOCK is all
+/// harden.rs needs), serves once unsealed, and its files are private to its user. Needs root,
+/// `setpriv` and `prlimit` (util-linux); skipped with a note otherwise.
+#[tokio::test]
+async fn the_units_privileges_are_enough() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+    if !running_as_root() {
+        eprintln!("NOTE: not root: cannot run the server as another user; check skipped");
+        return;
+    }
+    let drop_privileges = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all,+ipc_lock",
+        "--ambient-caps=-all,+ipc_lock",
+        "--bounding-set=-all,+ipc_lock",
+        "--no-new-privs",
+    ];
+    // RLIMIT_MEMLOCK stays as the machine has it: raising it needs CAP_SYS_RESOURCE, which a
+    // container may lack. Where it is finite, this shows CAP_IPC_LOCK alone is enough.
+    let limits = ["prlimit", "--core=0:0"];
+    let probe = Command::new("sh")
+        .args(["-c", "umask 0077 && exec \"$@\"", "sh"])
+        .args(limits)
+        .args(drop_privileges)
+        .arg("true")
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("NOTE: setpriv or prlimit missing or refused here: check skipped");
+        return;
+    }
+
+    let prod = Production::new();
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    // The folders above the layout: traversable, as / and /var are.
+    for p in [
+        prod.root.path().to_path_buf(),
+        prod.root.path().join("etc"),
+        prod.root.path().join("var"),
+        prod.root.path().join("var/lib"),
+    ] {
+        mode(&p, 0o755);
+    }
+    // The documented ownership: root:kms, 0750 folders and 0640 files, under /etc/kms.
+    fn restrict(p: &Path, dir_mode: u32, file_mode: u32) {
+        chown(p, Some(0), Some(KMS_UID)).unwrap();
+        let m = if p.is_dir() { dir_mode } else { file_mode };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        if p.is_dir() {
+            for e in std::fs::read_dir(p).unwrap() {
+                restrict(&e.unwrap().path(), dir_mode, file_mode);
+            }
+        }
+    }
+    restrict(&prod.etc(), 0o750, 0o640);
+    chown(prod.var(), Some(KMS_UID), Some(KMS_UID)).unwrap();
+    mode(&prod.var(), 0o700);
+    // The server's stderr: written by the test (root), as the journal would be.
+    let log = prod.root.path().join("server.log");
+
+    let server = Server::spawn(
+        Command::new("sh")
+            .args(["-c", "umask 0077 && exec \"$@\"", "sh"])
+            .args(limits)
+            .args(drop_privileges)
+            .arg(bin("kms-server"))
+            .arg("--config")
+            .arg(prod.config()),
+        &log,
+        prod.pki.ca(),
+        prod.pki.client("officer"),
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(field("Uid:"), KMS_UID.to_string(), "{status}");
+    assert_eq!(field("CapEff:"), "0000000000004000", "CAP_IPC_LOCK only");
+    assert_eq!(field("CapBnd:"), "0000000000004000", "CAP_IPC_LOCK only");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("memory locked"), "{logged}");
+    assert!(!logged.contains("memory not locked"), "{logged}");
+
+    let shares = kms_tests::init(&server, 1, 1).await;
+    kms_tests::unseal_with(&server, &shares, &[1]).await;
+    let ch = server.client().await.channel();
+    assert_eq!(all_health(&ch).await, UNSEALED);
+
+    // UMask=0077: what the server created is its user's alone.
+    for p in [prod.var().join("data"), prod.var().join("audit.log")] {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.uid(), KMS_UID, "{}", p.display());
+        assert_eq!(m.mode() & 0o077, 0, "{} is {:o}", p.display(), m.mode());
+    }
+    assert!(server.terminate(), "no clean exit on SIGTERM");
+}
