@@ -66,6 +66,12 @@ fn python(inst: &Installation, server: &Server, cert: &str, args: &[&str], stdin
         .env("KMS_CLIENT_CERT", &files.cert)
         .env("KMS_CLIENT_KEY", &files.key)
         .env("KMS_TLS_SERVER_NAME", "localhost")
+        // Only 127.0.0.1: no proxy from the environment in between.
+        .env_remove("grpc_proxy")
+        .env_remove("https_proxy")
+        .env_remove("http_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -386,4 +392,24 @@ async fn python_client_refuses_a_server_certificate_for_another_name() {
         v["message"].as_str().unwrap().contains("no connection to"),
         "{v}"
     );
+}
+
+/// A client certificate listed in the server's CRL gets no service from Python either: the
+/// handshake is refused, and the client raises `KmsError` with code `UNAVAILABLE` (from the
+/// constructor or the first call, whichever sees the refusal), never an answer.
+/// [SNC 10.2.c: revoked certificates refused]
+#[tokio::test]
+async fn python_client_with_a_revoked_certificate_gets_no_answer() {
+    let (inst, server) = server_with_key("py/app").await;
+    let program = "import os, json\nfrom kms_client import KmsClient, KmsError\n\
+        try:\n    kms = KmsClient.from_env(connect_timeout=3)\n    \
+        kms.encrypt('py/app', b'x')\n    print('null')\n\
+        except KmsError as e:\n    \
+        print(json.dumps({'code': e.code, 'type': type(e).__name__, 'message': e.message}))";
+    let v: serde_json::Value = serde_json::from_slice(&ok(
+        &python(&inst, &server, "revoked", &["-c", program], b""),
+        "python",
+    ))
+    .unwrap();
+    assert_eq!(v["code"], "UNAVAILABLE", "{v}");
 }
