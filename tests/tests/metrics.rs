@@ -309,3 +309,37 @@ async fn loopback_by_default() {
     let status = server.client(&inst).await.status().await.unwrap();
     assert!(!status.initialized);
 }
+
+/// A call to a path the server does not serve is counted as method "unknown": the client's
+/// text (here a key-like name) never becomes a label.
+#[tokio::test(flavor = "multi_thread")]
+async fn unserved_paths_are_not_labels() {
+    use tonic::codegen::Service;
+    let inst = Installation::with_config("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let server = Spawned::start(&inst);
+    let addr = server.metrics_addr().expect(&server.metrics_line);
+    let mut channel = server.client(&inst).await.channel();
+    for path in ["/payments.cardtokens/Leak", "/kms.v1.Crypto/LeakCardTokens"] {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("https://{}{path}", server.grpc))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
+            .await
+            .unwrap();
+        let resp = channel.call(req).await.unwrap();
+        assert_eq!(
+            resp.headers().get("grpc-status").unwrap(),
+            "12",
+            "UNIMPLEMENTED"
+        );
+    }
+    let body = scrape(&addr).await;
+    assert_eq!(requests(&body, "unknown", "UNIMPLEMENTED"), 2.0, "{body}");
+    for text in ["Leak", "payments", "CardTokens"] {
+        assert!(!body.contains(text), "{text:?} in the metrics:\n{body}");
+    }
+}
