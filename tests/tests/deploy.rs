@@ -357,6 +357,9 @@ fn the_production_config_loads_and_writes_only_under_the_state_directory() {
         config.audit.path.display()
     );
     assert!(config.audit.ship.is_none());
+    assert!(config.metrics.enabled);
+    assert_eq!(config.metrics.listen, Some(METRICS.parse().unwrap()));
+    assert!(config.metrics.address().ip().is_loopback());
     let defaults = kms_server::AuditConfig::default();
     assert_eq!(config.audit.max_bytes, defaults.max_bytes);
     assert_eq!(config.audit.sync_interval_ms, defaults.sync_interval_ms);
@@ -388,6 +391,9 @@ fn the_production_config_loads_and_writes_only_under_the_state_directory() {
     };
     assert_eq!(pg.max_staleness(), Duration::from_millis(1000));
 }
+
+/// The production config's metrics listener (tests use port 0: several servers run at once).
+const METRICS: &str = "127.0.0.1:9464";
 
 /// The production layout in a temporary root: `/etc/kms` and `/var/lib/kms` moved into it,
 /// TLS files in place, the example policies installed as docs/deployment.md says (all but
@@ -433,8 +439,10 @@ impl Production {
         let original = production_config_text();
         let listen = "listen = \"0.0.0.0:8200\"";
         assert!(original.contains(listen));
+        assert!(original.contains(&format!("listen = \"{METRICS}\"")));
         let config = original
             .replace(listen, "listen = \"127.0.0.1:0\"")
+            .replace(METRICS, "127.0.0.1:0")
             .replace("\"/etc/kms/", &format!("\"{}/", p.etc().display()))
             .replace("\"/var/lib/kms/", &format!("\"{}/", p.var().display()));
         assert!(!config.contains("\"/etc/") && !config.contains("\"/var/"));
