@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument as _;
 
 use kms_core::audit::{Chain, GENESIS_PREV, Record};
 use tokio::sync::oneshot;
@@ -992,6 +993,7 @@ where
             let mut req = req;
             req.extensions_mut().insert(slot.clone());
             let request_id = sink.request_id();
+            let span = crate::logging::request_span(&request_id, &operation_of(&path));
             let (principal, peer) = match req.extensions().get::<crate::tls::Peer>() {
                 Some(p) => (
                     p.principal.as_deref().unwrap_or_default().to_string(),
@@ -1006,7 +1008,7 @@ where
             if (durable || !sink.shared.healthy.load(Ordering::SeqCst))
                 && let Err(e) = sink.probe()
             {
-                tracing::error!(error = %e, "audit unavailable; refusing the request");
+                tracing::error!(parent: &span, error = %e, "audit unavailable; refusing the request");
                 return Ok(tonic::Status::unavailable("audit unavailable: the request was not run; the operators must restore the audit log").into_http());
             }
             // If the client goes away (RST_STREAM, grpc-timeout), the request's future is
@@ -1081,7 +1083,8 @@ where
                     return Ok(tonic::Status::unavailable("audit unavailable: the outcome could not be recorded; check the operation's effect before retrying").into_http());
                 }
                 Ok(resp)
-            };
+            }
+            .instrument(span);
             if durable {
                 match tokio::spawn(work).await {
                     Ok(r) => r,

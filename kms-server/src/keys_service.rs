@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use kms_core::ciphertext::EncryptionContext;
 use kms_core::key::{KeyMeta, KeyState, Purpose, RevocationReason, VersionState};
@@ -505,7 +506,7 @@ impl KeysService {
         F: FnOnce(Arc<Keystore>) -> Fut,
         Fut: std::future::Future<Output = Result<KeyMeta, KmsError>> + Send + 'static,
     {
-        let task = tokio::spawn(change(self.keystore.clone()));
+        let task = tokio::spawn(change(self.keystore.clone()).in_current_span());
         ok_key(
             task.await
                 .map_err(|e| KmsError::Internal(format!("key change task failed: {e}")))?,

@@ -2,7 +2,7 @@
 //!
 //! These logs are for operators; the audit log (`audit_sink`) is the record of calls. A log
 //! line about a request is meant to run in that request's [`request_span`], so it carries the
-//! `request_id` of the request's audit record (not wired yet: docs/logging.md). Nothing logged here or anywhere in the server
+//! `request_id` of the request's audit record (docs/logging.md). Nothing logged here or anywhere in the server
 //! may hold a secret (plaintext, data key, share, TOTP code): handlers log names, versions and
 //! outcomes only (tests/tests/logging.rs greps a real run's log for the secrets it used).
 

@@ -1,6 +1,7 @@
 //! The `kms.v1.Operator` gRPC service: thin glue from requests to [`Seal`].
 
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use kms_proto::v1::operator_server::Operator;
 use kms_proto::v1::{
@@ -139,7 +140,8 @@ impl OperatorService {
             return Ok(s);
         }
         let (seal, keystore, mfa) = (self.seal.clone(), self.keystore.clone(), self.mfa.clone());
-        let task = tokio::spawn(async move {
+        // In the request's span, so its log lines carry the request id (docs/logging.md).
+        let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let loaded = match keystore.load().await {
                 Ok(_) => mfa.load().await,
                 Err(e) => Err(e),
@@ -151,7 +153,7 @@ impl OperatorService {
                 return Err(e);
             }
             Ok(())
-        });
+        }));
         task.await
             .map_err(|e| KmsError::Internal(format!("key load task failed: {e}")))??;
         // Read the state again: a Seal may have come in meanwhile.
@@ -306,10 +308,13 @@ impl Operator for OperatorService {
             .await
             .map_err(KmsError::from)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            crate::backup::send(records, tx).await;
-            drop(permit);
-        });
+        tokio::spawn(
+            async move {
+                crate::backup::send(records, tx).await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
         Ok(Response::new(BackupStream::new(rx)))
     }
 }

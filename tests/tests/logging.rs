@@ -184,12 +184,7 @@ async fn json_log_of_a_real_run_holds_no_secret() {
 /// A log line about a request carries the request id of that request's audit record (the
 /// `request_id` of the JSON line), so an operator can go from one to the other.
 /// [SNC 12.6: security-relevant activity traceable]
-///
-/// Ignored until the audit layer runs each call in `kms_server::logging::request_span` and the
-/// tasks calls spawn inherit it (audit_sink.rs, keys_service.rs, service.rs: docs/logging.md,
-/// "Request ids"); without the spawned tasks' part, "key created" has no id and this fails.
 #[tokio::test]
-#[ignore = "needs the request span wired in audit_sink.rs, keys_service.rs, service.rs (docs/logging.md)"]
 async fn request_log_lines_carry_the_audit_request_id() {
     let inst = Installation::new();
     let server = start_json(&inst);
