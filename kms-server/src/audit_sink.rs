@@ -151,6 +151,21 @@ struct Shared {
     progress: tokio::sync::watch::Sender<u64>,
     /// How many buffered batches ever failed: waiters look at `Writer::failed` only then.
     failures: AtomicU64,
+    /// Completed fsyncs and their total time (µs), for the metrics endpoint.
+    fsyncs: AtomicU64,
+    fsync_micros: AtomicU64,
+}
+
+/// The audit log's state, for the metrics endpoint (`docs/metrics.md`).
+pub struct AuditStats {
+    /// Records written to the current file and not yet fsynced.
+    pub unsynced_records: u64,
+    /// Whether records are being accepted (false after a failed write or fsync, until the log
+    /// is reopened).
+    pub healthy: bool,
+    /// Completed fsyncs, and their total duration in seconds.
+    pub fsyncs: u64,
+    pub fsync_seconds: f64,
 }
 
 type Done = oneshot::Sender<Result<(), String>>;
@@ -210,6 +225,8 @@ impl AuditSink {
             healthy: AtomicBool::new(true),
             progress: tokio::sync::watch::Sender::new(0),
             failures: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            fsync_micros: AtomicU64::new(0),
         });
         let syncer = shared.clone();
         std::thread::Builder::new()
@@ -254,6 +271,20 @@ impl AuditSink {
     pub fn disable(&self) {
         tracing::warn!("audit disabled (dev mode --no-audit): nothing is recorded");
         self.enabled.store(false, Ordering::SeqCst);
+    }
+
+    /// The log's state for the metrics endpoint: one short lock of the sync state.
+    pub fn stats(&self) -> AuditStats {
+        let unsynced_records = {
+            let st = lock(&self.shared.sync);
+            st.written.saturating_sub(st.synced)
+        };
+        AuditStats {
+            unsynced_records,
+            healthy: self.shared.healthy.load(Ordering::SeqCst),
+            fsyncs: self.shared.fsyncs.load(Ordering::Relaxed),
+            fsync_seconds: self.shared.fsync_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
     }
 
     /// Refuses while an fsync has been stuck for longer than [`STALL`].
@@ -725,10 +756,16 @@ fn sync_loop(shared: &Shared) {
             continue;
         }
         let covering = st.written;
-        st.syncing_since = Some(Instant::now());
+        let started = Instant::now();
+        st.syncing_since = Some(started);
         drop(st);
         let result = file.sync_data();
         last_sync = Instant::now();
+        shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+        shared.fsync_micros.fetch_add(
+            u64::try_from(last_sync.duration_since(started).as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         st = lock(&shared.sync);
         st.syncing_since = None;
         let ok = result.is_ok();

@@ -144,6 +144,7 @@ pub async fn serve(
             metrics: request_metrics.clone(),
             seal: seal.clone(),
             keystore: keystore.clone(),
+            audit: sink.clone(),
         });
         tokio::spawn(metrics::serve(l, sources))
     });

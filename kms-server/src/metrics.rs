@@ -220,6 +220,7 @@ pub struct Sources {
     pub metrics: Arc<Metrics>,
     pub seal: Arc<crate::Seal>,
     pub keystore: Arc<crate::keystore::Keystore>,
+    pub audit: Arc<crate::audit_sink::AuditSink>,
 }
 
 impl Sources {
@@ -262,6 +263,27 @@ impl Sources {
                 let _ = writeln!(out, "kms_key_versions{{state=\"{state}\"}} {n}");
             }
         }
+        let audit = self.audit.stats();
+        let _ = writeln!(
+            out,
+            "# HELP kms_audit_unsynced_records Audit records written and not yet fsynced (the \
+             group-commit queue).\n\
+             # TYPE kms_audit_unsynced_records gauge\n\
+             kms_audit_unsynced_records {}\n\
+             # HELP kms_audit_healthy 1 while the audit log accepts records, 0 while every \
+             request is refused (fail closed).\n\
+             # TYPE kms_audit_healthy gauge\n\
+             kms_audit_healthy {}\n\
+             # HELP kms_audit_fsync_seconds Time spent in fsyncs of the audit log (sum and count: \
+             rate(sum)/rate(count) is the mean latency).\n\
+             # TYPE kms_audit_fsync_seconds summary\n\
+             kms_audit_fsync_seconds_sum {}\n\
+             kms_audit_fsync_seconds_count {}",
+            audit.unsynced_records,
+            u8::from(audit.healthy),
+            audit.fsync_seconds,
+            audit.fsyncs
+        );
         self.metrics.render_requests(&mut out);
         out
     }

@@ -240,6 +240,21 @@ async fn scrape_follows_calls_and_the_seal() {
         sample(&body, "kms_key_versions{state=\"enabled\"}"),
         Some(1.0)
     );
+    // The audit log: state changes were fsynced, it accepts records, and its queue is a
+    // number (how many wait for the next group commit depends on timing: not asserted).
+    assert!(
+        sample(&body, "kms_audit_fsync_seconds_count").is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, "kms_audit_fsync_seconds_sum").is_some(),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "kms_audit_healthy"), Some(1.0), "{body}");
+    assert!(
+        sample(&body, "kms_audit_unsynced_records").is_some(),
+        "{body}"
+    );
     // Nothing the callers sent, nor who they are.
     for secret in [
         "payments",
