@@ -973,7 +973,8 @@ fn operation_of(path: &str) -> String {
     out
 }
 
-fn code_name(code: tonic::Code) -> &'static str {
+/// The gRPC status name of `code` (audit records and metrics labels).
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code as C;
     match code {
         C::Ok => "OK",

@@ -37,26 +37,9 @@ const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Scrapes served at once; more wait for a slot (Prometheus scrapes one at a time).
 const MAX_SCRAPES: usize = 4;
 
-/// The gRPC status codes, by number, as Prometheus label values.
-const CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+/// The gRPC status codes (numbered 0 to 16); their label values are the audit log's names
+/// (`audit_sink::code_name`).
+const CODES: usize = 17;
 
 /// One (method, code) series: a latency histogram whose count is the sum of its buckets.
 #[derive(Default)]
@@ -82,7 +65,7 @@ impl Series {
 /// Every series of one method, one per status code.
 #[derive(Default)]
 struct Method {
-    codes: [Series; CODES.len()],
+    codes: [Series; CODES],
 }
 
 /// The request metrics of one server; shared by the layer and the listener.
@@ -150,7 +133,8 @@ impl Metrics {
         // Read every series once, so the counter and the histogram agree.
         let mut rows = Vec::new();
         for (name, method) in &methods {
-            for (code, series) in CODES.iter().zip(method.codes.iter()) {
+            for (number, series) in method.codes.iter().enumerate() {
+                let code = crate::audit_sink::code_name(tonic::Code::from_i32(number as i32));
                 let buckets: Vec<u64> = series
                     .buckets
                     .iter()
@@ -161,7 +145,7 @@ impl Metrics {
                     continue;
                 }
                 let sum = series.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-                rows.push((label(name), *code, buckets, count, sum));
+                rows.push((label(name), code, buckets, count, sum));
             }
         }
         out.push_str(

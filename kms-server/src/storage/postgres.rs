@@ -1020,10 +1020,15 @@ where
     }
 }
 
-/// One `put` in one transaction (see the module documentation for the order of its steps).
-async fn put_tx(c: &mut Object, key: &str, value: &[u8], expect: Expect) -> Result<u64, Fail> {
-    let tx = c.transaction().await?;
-    // First: takes the clock's row lock (writers commit in sequence order).
+/// The first steps of every write, in its transaction: bump the clock FIRST (its row lock makes
+/// writers commit in sequence order), read the record's version for update, and check
+/// `expect`. Returns the write's sequence number and the version found, or rolls back and
+/// fails with the conflict.
+async fn begin_write(
+    tx: &deadpool_postgres::Transaction<'_>,
+    key: &str,
+    expect: Expect,
+) -> Result<(i64, Option<u64>), Fail> {
     let seq: i64 = tx
         .query_one(&tx.prepare_cached(BUMP_CLOCK).await?, &[])
         .await?
@@ -1035,10 +1040,15 @@ async fn put_tx(c: &mut Object, key: &str, value: &[u8], expect: Expect) -> Resu
         Some(row) => Some(to_u64(key, row.try_get(0)?)?),
         None => None,
     };
-    if let Err(e) = check(key, expect, found) {
-        tx.rollback().await?;
-        return Err(e.into());
-    }
+    check(key, expect, found)?;
+    Ok((seq, found))
+}
+
+/// One `put` in one transaction (see the module documentation for the order of its steps).
+async fn put_tx(c: &mut Object, key: &str, value: &[u8], expect: Expect) -> Result<u64, Fail> {
+    let tx = c.transaction().await?;
+    // A failed check drops `tx`, which rolls it back.
+    let (seq, found) = begin_write(&tx, key, expect).await?;
     let version = found.unwrap_or(0) + 1;
     let v = to_i64("version", version)?;
     tx.execute(&tx.prepare_cached(UPSERT).await?, &[&key, &value, &v, &seq])
@@ -1050,19 +1060,7 @@ async fn put_tx(c: &mut Object, key: &str, value: &[u8], expect: Expect) -> Resu
 /// One `delete` in one transaction, ordered like [`put_tx`].
 async fn delete_tx(c: &mut Object, key: &str, expect: Expect) -> Result<(), Fail> {
     let tx = c.transaction().await?;
-    tx.query_one(&tx.prepare_cached(BUMP_CLOCK).await?, &[])
-        .await?;
-    let found = match tx
-        .query_opt(&tx.prepare_cached(READ_FOR_UPDATE).await?, &[&key])
-        .await?
-    {
-        Some(row) => Some(to_u64(key, row.try_get(0)?)?),
-        None => None,
-    };
-    if let Err(e) = check(key, expect, found) {
-        tx.rollback().await?;
-        return Err(e.into());
-    }
+    let (_, found) = begin_write(&tx, key, expect).await?;
     if found.is_none() {
         // Nothing to delete: nothing to commit either.
         tx.rollback().await?;
