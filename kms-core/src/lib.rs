@@ -23,6 +23,7 @@ pub mod policy;
 mod secret;
 pub mod shares;
 pub mod totp;
+pub mod wrap;
 
 pub use secret::Secret32;
 
