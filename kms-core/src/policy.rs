@@ -80,6 +80,10 @@ pub enum Operation {
     Revoke,
     ScheduleDeletion,
     CancelDeletion,
+    /// Bring your own key: GetImportParameters and ImportKeyMaterial.
+    Import,
+    /// Wrap a key's material out to a recipient (ExportKey), for exportable keys only.
+    Export,
     Seal,
     Rekey,
     RotateBarrier,
@@ -91,7 +95,7 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in declaration order.
-    pub const ALL: [Operation; 22] = [
+    pub const ALL: [Operation; 24] = [
         Self::Encrypt,
         Self::Decrypt,
         Self::Reencrypt,
@@ -107,6 +111,8 @@ impl Operation {
         Self::Revoke,
         Self::ScheduleDeletion,
         Self::CancelDeletion,
+        Self::Import,
+        Self::Export,
         Self::Seal,
         Self::Rekey,
         Self::RotateBarrier,
@@ -134,6 +140,8 @@ impl Operation {
             Self::Revoke => "revoke",
             Self::ScheduleDeletion => "schedule-deletion",
             Self::CancelDeletion => "cancel-deletion",
+            Self::Import => "import",
+            Self::Export => "export",
             Self::Seal => "seal",
             Self::Rekey => "rekey",
             Self::RotateBarrier => "rotate-barrier",
