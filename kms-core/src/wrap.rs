@@ -123,11 +123,10 @@ impl WrappingKey {
         RsaRecipient::from_der(&self.public_der()?)
     }
 
-    /// Opens `RSA-OAEP(K) ‖ AES-KWP(K, material)` and returns the material, which must be
-    /// exactly 32 bytes (AES-256).
-    pub fn unwrap(&self, blob: &[u8]) -> Result<Secret32, WrapError> {
+    /// Checks the blob's lengths only (nothing is decrypted): the RSA part must be the modulus
+    /// length and the AES-KWP part a multiple of 8 bytes, at least 16.
+    pub fn check_shape(&self, blob: &[u8]) -> Result<(), WrapError> {
         let n = self.key.key_size_bytes();
-        // KWP output is a multiple of 8 bytes and at least 16.
         let rest = blob.len().saturating_sub(n);
         if blob.len() < n + 16 || !rest.is_multiple_of(8) || rest > MAX_MATERIAL + 8 {
             return Err(WrapError::Malformed(format!(
@@ -136,7 +135,14 @@ impl WrappingKey {
                 blob.len()
             )));
         }
-        let (rsa_part, kwp_part) = blob.split_at(n);
+        Ok(())
+    }
+
+    /// Opens `RSA-OAEP(K) ‖ AES-KWP(K, material)` and returns the material, which must be
+    /// exactly 32 bytes (AES-256).
+    pub fn unwrap(&self, blob: &[u8]) -> Result<Secret32, WrapError> {
+        self.check_shape(blob)?;
+        let (rsa_part, kwp_part) = blob.split_at(self.key.key_size_bytes());
         let oaep = OaepPrivateDecryptingKey::new(self.key.clone())
             .map_err(|_| WrapError::Internal("RSA-OAEP key setup failed"))?;
         let mut kek = Zeroizing::new(vec![0u8; oaep.min_output_size()]);

@@ -300,6 +300,7 @@ impl Config {
         config
             .limits
             .check(&config.keys)
+            .and_then(|()| config.keys.check())
             .map_err(|e| format!("config file {}: {e}", path.display()))?;
         Ok(config)
     }

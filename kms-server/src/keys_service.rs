@@ -6,8 +6,9 @@ use std::sync::Arc;
 use tracing::Instrument as _;
 
 use kms_core::ciphertext::EncryptionContext;
-use kms_core::key::{KeyMeta, KeyState, Purpose, RevocationReason, VersionState};
+use kms_core::key::{KeyMeta, KeyState, Origin, Purpose, RevocationReason, VersionState};
 use kms_core::keyname::KeyName;
+use kms_core::wrap::{Recipient, RsaRecipient};
 use kms_proto::v1 as pb;
 use kms_proto::v1::crypto_server::Crypto;
 use kms_proto::v1::key_admin_server::KeyAdmin;
@@ -16,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::audit_sink::detail;
 use crate::authz::Authz;
 use crate::error::KmsError;
-use crate::keystore::Keystore;
+use crate::keystore::{Keystore, NewKeyFields};
 use crate::principal::{self, Principal};
 use kms_core::policy::Operation as Op;
 
@@ -136,6 +137,11 @@ pub fn key_to_pb(m: &KeyMeta) -> pb::Key {
         deletion_unix: deletion,
         destroyed_unix: destroyed,
         versions,
+        origin: match m.origin {
+            Origin::Kms => pb::KeyOrigin::Kms,
+            Origin::External => pb::KeyOrigin::External,
+        } as i32,
+        exportable: m.exportable,
     }
 }
 
@@ -160,8 +166,12 @@ impl KeyAdmin for KeysService {
         let labels: BTreeMap<String, String> = r.labels.into_iter().collect();
         let (n, p) = (name(&r.name)?, purpose(r.purpose)?);
         self.allow(&who, Op::Create, &n)?;
-        self.detached(move |ks| async move { ks.create(n, p, r.description, labels, period).await })
-            .await
+        let exportable = r.exportable;
+        self.detached(move |ks| async move {
+            ks.create(n, p, r.description, labels, period, exportable)
+                .await
+        })
+        .await
     }
 
     async fn get_key(&self, req: Request<pb::GetKeyRequest>) -> R<pb::Key> {
@@ -268,6 +278,86 @@ impl KeyAdmin for KeysService {
         self.detached(move |ks| async move { ks.cancel_deletion(&n).await })
             .await
     }
+
+    async fn get_import_parameters(
+        &self,
+        req: Request<pb::GetImportParametersRequest>,
+    ) -> R<pb::ImportParameters> {
+        self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
+        let n = name(&req.into_inner().name)?;
+        self.allow(&who, Op::Import, &n)?;
+        self.keystore.follow_unknown_name(&n).await;
+        let p = self.keystore.import_params(&n).await?;
+        Ok(detail(
+            Response::new(pb::ImportParameters {
+                name: n.to_string(),
+                wrapping_public_key_der: p.public_der,
+                wrapping_public_key_pem: p.public_pem,
+                import_token: p.token,
+                expires_unix: to_i64(p.expires),
+                wrapping_format: pb::WrapFormat::RsaOaepSha256AesKwp as i32,
+            }),
+            n.as_str(),
+            None,
+        ))
+    }
+
+    async fn import_key_material(&self, req: Request<pb::ImportKeyMaterialRequest>) -> R<pb::Key> {
+        self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
+        let r = req.into_inner();
+        let n = name(&r.name)?;
+        self.allow(&who, Op::Import, &n)?;
+        self.keystore.follow_unknown_name(&n).await;
+        let new = NewKeyFields {
+            description: r.description,
+            labels: r.labels.into_iter().collect(),
+            exportable: r.exportable,
+        };
+        let (token, wrapped) = (r.import_token, r.wrapped_material);
+        self.detached(move |ks| async move { ks.import_material(n, &token, wrapped, new).await })
+            .await
+    }
+
+    async fn export_key(&self, req: Request<pb::ExportKeyRequest>) -> R<pb::ExportKeyResponse> {
+        self.keystore.check_unsealed()?;
+        let who = principal::of(&req)?;
+        let r = req.into_inner();
+        let n = name(&r.name)?;
+        self.allow(&who, Op::Export, &n)?;
+        let (recipient, format) = recipient(r.recipient)?.ok_or_else(|| {
+            KmsError::invalid(
+                "a recipient is required: an RSA public key (PEM or DER, at least 3072 bits) or an age X25519 recipient (age1...)",
+            )
+        })?;
+        self.keystore.follow_unknown_name(&n).await;
+        let (v, wrapped) = self.keystore.export(&n, r.version, &recipient)?;
+        Ok(detail(
+            Response::new(pb::ExportKeyResponse {
+                name: n.to_string(),
+                version: v,
+                wrapped_material: wrapped,
+                format: format as i32,
+            }),
+            n.as_str(),
+            Some(v),
+        ))
+    }
+}
+
+/// The recipient of a request, with the format its wrap will have; None when absent.
+fn recipient(r: Option<pb::Recipient>) -> Result<Option<(Recipient, pb::WrapFormat)>, KmsError> {
+    use pb::recipient::Recipient as R;
+    let bad = |e: kms_core::wrap::WrapError| KmsError::invalid(e.to_string());
+    Ok(match r.and_then(|r| r.recipient) {
+        None => None,
+        Some(R::RsaPublicKey(der)) => Some((
+            Recipient::Rsa(RsaRecipient::parse(&der).map_err(bad)?),
+            pb::WrapFormat::RsaOaepSha256AesKwp,
+        )),
+        Some(R::AgeRecipient(a)) => Some((Recipient::age(&a).map_err(bad)?, pb::WrapFormat::Age)),
+    })
 }
 
 fn item_error(e: KmsError) -> pb::ItemError {
@@ -388,10 +478,19 @@ impl Crypto for KeysService {
             Some(key.as_str()),
             &cmap(&r.context),
         )?;
+        let to = recipient(r.recipient)?;
         self.keystore.follow_unknown_name(&key).await;
         let (dk, e) = self
             .keystore
             .generate_data_key(&key, &context(r.context)?)?;
+        let (recipient_wrapped, recipient_format) = match &to {
+            Some((rcpt, format)) => (
+                rcpt.wrap(dk.expose())
+                    .map_err(|e| KmsError::Internal(e.to_string()))?,
+                *format as i32,
+            ),
+            None => (Vec::new(), 0),
+        };
         let (k, v) = (e.key.to_string(), e.version);
         Ok(detail(
             Response::new(pb::GenerateDataKeyResponse {
@@ -403,6 +502,8 @@ impl Crypto for KeysService {
                 ciphertext: e.ciphertext,
                 key: k.clone(),
                 version: v,
+                recipient_wrapped,
+                recipient_format,
             }),
             &k,
             Some(v),

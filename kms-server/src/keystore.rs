@@ -30,7 +30,7 @@ use kms_core::Secret32;
 use kms_core::barrier::Keyring;
 use kms_core::ciphertext::{self, EncryptionContext};
 use kms_core::key::{
-    KeyMeta, LifecycleError, Operation, Purpose, RevocationReason, ScheduledAction,
+    KeyMeta, LifecycleError, Operation, Purpose, RevocationReason, ScheduledAction, VersionState,
 };
 use kms_core::keyname::{KeyId, KeyName};
 use zeroize::Zeroizing;
@@ -38,6 +38,9 @@ use zeroize::Zeroizing;
 use crate::error::KmsError;
 use crate::seal::Seal;
 use crate::storage::{Expect, LockGuard};
+
+mod distribution;
+pub use distribution::{ImportParams, NewKeyFields};
 
 /// Limits and policy knobs of the keystore (the `[keys]` config section).
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -51,6 +54,25 @@ pub struct KeySettings {
     pub min_deletion_waiting_days: u32,
     /// How often the scheduler looks for keys to rotate or destroy, in seconds.
     pub scheduler_interval_secs: u64,
+    /// How long an import token (GetImportParameters) stays valid, in seconds: 1 to 86400
+    /// (24 hours, the default). Shorter only narrows the window.
+    pub import_token_ttl_secs: u64,
+}
+
+/// The longest an import token lives: 24 hours.
+pub const MAX_IMPORT_TOKEN_TTL: u64 = 24 * 3600;
+
+impl KeySettings {
+    /// Refuses settings outside their ranges (at config load).
+    pub fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_IMPORT_TOKEN_TTL).contains(&self.import_token_ttl_secs) {
+            return Err(format!(
+                "[keys] import_token_ttl_secs = {} is outside 1..={MAX_IMPORT_TOKEN_TTL} (24 hours)",
+                self.import_token_ttl_secs
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for KeySettings {
@@ -60,6 +82,7 @@ impl Default for KeySettings {
             max_batch_items: 1000,
             min_deletion_waiting_days: 7,
             scheduler_interval_secs: 60,
+            import_token_ttl_secs: MAX_IMPORT_TOKEN_TTL,
         }
     }
 }
@@ -286,7 +309,10 @@ impl Keystore {
                     if seen.insert(id) {
                         ids.push(id);
                     }
-                } else if !path.starts_with("keys/") && !path.starts_with("audit/head/") {
+                } else if !path.starts_with("keys/")
+                    && !path.starts_with("audit/head/")
+                    && !path.starts_with(distribution::IMPORTS)
+                {
                     let mut others = self.follow.others.lock().unwrap_or_else(|p| p.into_inner());
                     if !others.contains(path) {
                         others.push(path.clone());
@@ -797,6 +823,28 @@ impl Keystore {
         description: String,
         labels: BTreeMap<String, String>,
         rotation_period: Option<u64>,
+        exportable: bool,
+    ) -> Result<KeyMeta, KmsError> {
+        self.create_with(
+            name,
+            |name, id, now| {
+                Ok(
+                    KeyMeta::new(name, id, purpose, now, description, labels, rotation_period)?
+                        .with_exportable(exportable),
+                )
+            },
+            None,
+        )
+        .await
+    }
+
+    /// Creates key `name` with the metadata `make(name, id, now)` builds, and `material` as
+    /// version 1 (fresh random material if None).
+    async fn create_with(
+        &self,
+        name: KeyName,
+        make: impl FnOnce(KeyName, KeyId, u64) -> Result<KeyMeta, KmsError>,
+        material: Option<Arc<Secret32>>,
     ) -> Result<KeyMeta, KmsError> {
         let _w = self.writer.read().await;
         let _k = self.stripe(&name).lock().await;
@@ -827,8 +875,11 @@ impl Keystore {
             return Err(KmsError::AlreadyExists(format!("key {name} {why}")));
         }
         let now = now_unix();
-        let meta = KeyMeta::new(name, id, purpose, now, description, labels, rotation_period)?;
-        let material = Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?;
+        let meta = make(name, id, now)?;
+        let material = match material {
+            Some(m) => m,
+            None => Arc::new(Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?),
+        };
         let keyring = self.seal.keyring().await?;
         self.write_material(&keyring, lock.as_ref(), &id, 1, &material)
             .await?;
@@ -836,7 +887,7 @@ impl Keystore {
             .write_meta(&keyring, lock.as_ref(), &meta, Expect::Absent)
             .await?;
         let mut mats = BTreeMap::new();
-        mats.insert(1, Arc::new(material));
+        mats.insert(1, material);
         self.install(
             &cache,
             CachedKey {
@@ -907,6 +958,20 @@ impl Keystore {
     where
         F: FnOnce(&mut KeyMeta, u64) -> Result<(), KmsError>,
     {
+        self.update_with(name, change, None).await
+    }
+
+    /// [`Keystore::update`], with imported material for the version the change adds or
+    /// restores (instead of fresh random material).
+    async fn update_with<F>(
+        &self,
+        name: &KeyName,
+        change: F,
+        imported: Option<Arc<Secret32>>,
+    ) -> Result<KeyMeta, KmsError>
+    where
+        F: FnOnce(&mut KeyMeta, u64) -> Result<(), KmsError>,
+    {
         let _w = self.writer.read().await;
         let _k = self.stripe(name).lock().await;
         let cache = self.cache()?;
@@ -934,7 +999,8 @@ impl Keystore {
                 )));
             }
         }
-        self.apply(&cache, &current, lock.as_ref(), change).await
+        self.apply(&cache, &current, lock.as_ref(), change, imported)
+            .await
     }
 
     /// Takes cluster-wide locks on a shared store; nothing to take for a store one node owns
@@ -952,6 +1018,7 @@ impl Keystore {
         current: &CachedKey,
         lock: Option<&LockGuard>,
         change: F,
+        mut imported: Option<Arc<Secret32>>,
     ) -> Result<KeyMeta, KmsError>
     where
         F: FnOnce(&mut KeyMeta, u64) -> Result<(), KmsError>,
@@ -964,9 +1031,38 @@ impl Keystore {
         let mut material = current.material.clone();
         if meta.latest() > before_latest {
             let v = meta.latest();
-            let m = Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?;
+            let m = match imported.take() {
+                Some(m) => m,
+                None => {
+                    Arc::new(Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?)
+                }
+            };
             self.write_material(&keyring, lock, &meta.id, v, &m).await?;
-            material.insert(v, Arc::new(m));
+            material.insert(v, m);
+        }
+        // A destroyed imported version brought back by importing its material again: the
+        // material is written (its record was erased) before the metadata commits.
+        let restored = current
+            .meta
+            .versions
+            .iter()
+            .zip(&meta.versions)
+            .filter(|(was, now)| {
+                matches!(was.state, VersionState::Destroyed { .. })
+                    && now.state == VersionState::Enabled
+            })
+            .map(|(_, now)| now.version);
+        for v in restored.collect::<Vec<_>>() {
+            let m = imported.take().ok_or_else(|| {
+                KmsError::Internal(format!("version {v} restored without material"))
+            })?;
+            self.write_material(&keyring, lock, &meta.id, v, &m).await?;
+            material.insert(v, m);
+        }
+        if imported.is_some() {
+            return Err(KmsError::Internal(
+                "imported material matched no new or restored version".into(),
+            ));
         }
         // Everything the new cache entry needs is read before the metadata commits, so nothing
         // can fail between the commit and the cache update.

@@ -37,6 +37,7 @@ async fn rotation_runs_when_due() {
         String::new(),
         BTreeMap::new(),
         Some(3600),
+        false,
     )
     .await
     .unwrap();
@@ -46,6 +47,7 @@ async fn rotation_runs_when_due() {
         String::new(),
         BTreeMap::new(),
         None,
+        false,
     )
     .await
     .unwrap();
@@ -84,6 +86,7 @@ async fn destruction_runs_when_the_waiting_period_ends() {
             String::new(),
             BTreeMap::new(),
             None,
+            false,
         )
         .await
         .unwrap();
@@ -139,6 +142,7 @@ async fn interrupted_changes_leave_no_material_behind() {
             String::new(),
             BTreeMap::new(),
             None,
+            false,
         )
         .await
         .unwrap();
