@@ -545,8 +545,9 @@ impl KeyMeta {
                 "the latest version ({latest}) of key '{}' was revoked ({reason}): rotate the key to get a usable version",
                 self.name
             ))),
-            // Unreachable while the invariants hold (a destroyed version means a destroyed
-            // key, refused above), but refused all the same.
+            // A destroyed version in a usable key: an imported key restored through an older
+            // version (restore_version), whose latest stays destroyed until its material is
+            // imported too.
             Some(VersionState::Destroyed { .. }) | None => Err(LifecycleError::VersionDestroyed {
                 name: self.name.clone(),
                 version: latest,
