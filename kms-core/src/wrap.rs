@@ -204,6 +204,7 @@ impl RsaRecipient {
                 "RSA-{bits} is too small: use at least RSA-{MIN_RSA_BITS}"
             )));
         }
+        check_exponent(der)?;
         Ok(Self { key })
     }
 
@@ -234,6 +235,35 @@ impl RsaRecipient {
         out.extend_from_slice(&wrapped[..w]);
         Ok(out)
     }
+}
+
+/// Refuses a public exponent of 2^16 or less (ANSSI: e > 2^16) [RègleFactorisation]. AWS-LC
+/// accepts any odd e ≥ 3 and aws-lc-rs does not expose e, so the SubjectPublicKeyInfo is read
+/// again with x509-parser (after AWS-LC accepted it).
+fn check_exponent(der: &[u8]) -> Result<(), WrapError> {
+    use x509_parser::prelude::FromDer as _;
+    use x509_parser::public_key::PublicKey;
+    let bad = || WrapError::Recipient("cannot read the RSA public exponent".into());
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(der).map_err(|_| bad())?;
+    let Ok(PublicKey::RSA(rsa)) = spki.parsed() else {
+        return Err(bad());
+    };
+    let e = rsa.exponent;
+    let first = e.iter().position(|&b| b != 0).unwrap_or(e.len());
+    let significant = &e[first..];
+    // More than 3 significant bytes is above 2^16; otherwise compare the value.
+    let big = significant.len() > 3
+        || significant
+            .iter()
+            .fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
+            > 1 << 16;
+    if !big {
+        return Err(WrapError::Recipient(
+            "the public exponent is 2^16 or less: ANSSI requires e > 2^16 (use the usual 65537)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Where exported material goes: an RSA public key or an age X25519 recipient.
@@ -402,6 +432,43 @@ mod tests {
         .expect_err("PKCS#1 PEM");
         assert!(e.to_string().contains("openssl pkey -pubout"), "{e}");
         assert!(Recipient::age("age1nope").is_err());
+    }
+
+    /// e = 3 is refused, e = 65537 accepted [RègleFactorisation]. The key with e = 3 is made
+    /// by openssl when it is present (AWS-LC generates only 65537).
+    #[test]
+    fn small_public_exponents_are_refused() {
+        let wk = WrappingKey::generate().expect("generate");
+        assert!(check_exponent(&wk.public_der().expect("der")).is_ok());
+        let dir = std::env::temp_dir().join(format!("kms-e3-{}", std::process::id()));
+        let Ok(out) = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:3072",
+            ])
+            .args(["-pkeyopt", "rsa_keygen_pubexp:3", "-out"])
+            .arg(&dir)
+            .output()
+        else {
+            eprintln!("NOTE: openssl not found; e = 3 not tested");
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&dir)
+            .output()
+            .expect("openssl pkey");
+        let _ = std::fs::remove_file(&dir);
+        let e = RsaRecipient::parse(&public.stdout).expect_err("e = 3 refused");
+        assert!(e.to_string().contains("e > 2^16"), "{e}");
     }
 
     #[test]

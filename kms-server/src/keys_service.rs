@@ -326,12 +326,14 @@ impl KeyAdmin for KeysService {
         let r = req.into_inner();
         let n = name(&r.name)?;
         self.allow(&who, Op::Export, &n)?;
+        self.keystore.follow_unknown_name(&n).await;
+        // A key that can never be exported says so, whatever the recipient.
+        self.keystore.check_exportable(&n)?;
         let (recipient, format) = recipient(r.recipient)?.ok_or_else(|| {
             KmsError::invalid(
                 "a recipient is required: an RSA public key (PEM or DER, at least 3072 bits) or an age X25519 recipient (age1...)",
             )
         })?;
-        self.keystore.follow_unknown_name(&n).await;
         let (v, wrapped) = self.keystore.export(&n, r.version, &recipient)?;
         Ok(detail(
             Response::new(pb::ExportKeyResponse {

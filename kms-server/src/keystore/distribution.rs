@@ -280,11 +280,7 @@ impl Keystore {
         recipient: &Recipient,
     ) -> Result<(u32, Vec<u8>), KmsError> {
         let key = self.lookup(name)?;
-        if !key.meta.exportable {
-            return Err(KmsError::FailedPrecondition(format!(
-                "key {name} is not exportable: only a key created exportable (`kms-cli key create {name} --exportable`) can leave the KMS, and that is fixed when the key is created"
-            )));
-        }
+        exportable(&key.meta)?;
         let v = if version == 0 {
             key.meta.latest()
         } else {
@@ -295,6 +291,11 @@ impl Keystore {
         let wrapped = recipient.wrap(material.expose()).map_err(wrap_error)?;
         tracing::info!(key = %name, version = v, "key material exported (wrapped)");
         Ok((v, wrapped))
+    }
+
+    /// Refuses export of a key not created exportable (NOT_FOUND for an unknown key).
+    pub fn check_exportable(&self, name: &KeyName) -> Result<(), KmsError> {
+        exportable(&self.lookup(name)?.meta)
     }
 
     /// Deletes token records past their expiry. Best effort: a failure is logged and the next
@@ -323,6 +324,16 @@ impl Keystore {
             }
         }
     }
+}
+
+fn exportable(meta: &KeyMeta) -> Result<(), KmsError> {
+    if meta.exportable {
+        return Ok(());
+    }
+    let name = &meta.name;
+    Err(KmsError::FailedPrecondition(format!(
+        "key {name} is not exportable: only a key created exportable (`kms-cli key create {name} --exportable`) can leave the KMS, and that is fixed when the key is created"
+    )))
 }
 
 /// Refuses a token issued for another key, already used, or expired at `now`.
