@@ -394,6 +394,7 @@ async fn call(caller: &mut Caller, plan: &Plan) -> Outcome {
                 key: plan.key.clone(),
                 context: Default::default(),
                 without_plaintext: false,
+                recipient: None,
             };
             c.generate_data_key(req).await.map_or_else(status, |_| one)
         }

@@ -4,6 +4,7 @@
 //! shell variables, environment files and JSON. Larger data goes through `kms-cli envelope`.
 
 use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -13,6 +14,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::args::{KeyValue, Stream, pairs_to_map};
+use crate::distribution;
 use crate::output::{self, Format};
 use crate::{Conn, Failure};
 
@@ -71,8 +73,12 @@ pub(crate) enum Crypto {
     /// Generate a fresh AES-256 data key: in clear and wrapped under a key (both base64).
     #[command(after_help = "Examples:\n  \
         kms-cli datakey --key payments --format json\n  \
-        kms-cli datakey --key payments --without-plaintext     # only the wrapped key\n\n\
-        Unwrap the ciphertext later with `kms-cli decrypt`.")]
+        kms-cli datakey --key payments --without-plaintext     # only the wrapped key\n  \
+        kms-cli datakey --key payments --recipient partner.pem --recipient-out partner.wrapped\n\n\
+        Unwrap the ciphertext later with `kms-cli decrypt`. With --recipient, the data key is \
+        also wrapped to a partner's public key (RSA ≥ 3072 bits, PEM or DER, or an age \
+        recipient age1…), for them to open with their private key: see `kms-cli key export \
+        --help` for how.")]
     Datakey {
         /// The key that wraps the data key.
         #[arg(long, value_name = "NAME")]
@@ -82,6 +88,14 @@ pub(crate) enum Crypto {
         /// Return only the wrapped data key.
         #[arg(long)]
         without_plaintext: bool,
+        /// Also wrap the data key to this public key: an RSA public key (PEM or DER, at least
+        /// 3072 bits) or a file holding an age recipient (age1…).
+        #[arg(long, value_name = "FILE")]
+        recipient: Option<PathBuf>,
+        /// Write the data key wrapped to --recipient here (binary, mode 0600). Required with
+        /// --recipient unless --format json (which prints it as base64).
+        #[arg(long, value_name = "FILE", requires = "recipient")]
+        recipient_out: Option<PathBuf>,
     },
     /// Random bytes from the server's generator.
     #[command(
@@ -217,34 +231,70 @@ pub(crate) async fn run(cmd: Crypto, conn: &Conn, fmt: Format) -> Result<(), Fai
             key,
             context,
             without_plaintext,
+            recipient,
+            recipient_out,
         } => {
             let context = pairs_to_map(&context.pairs, "--context")?;
+            if recipient.is_some() && recipient_out.is_none() && fmt == Format::Human {
+                return Err(Failure::usage(
+                    "--recipient needs --recipient-out FILE: the wrapped data key is binary (or use \
+                     --format json to get it as base64); nothing was sent",
+                ));
+            }
+            let recipient = recipient
+                .as_deref()
+                .map(distribution::read_recipient)
+                .transpose()?
+                .map(|r| proto::Recipient { recipient: Some(r) });
+            let to_recipient = recipient.is_some();
             let client = crate::connect(conn).await?;
             let req = proto::GenerateDataKeyRequest {
                 key,
                 context,
                 without_plaintext,
+                recipient,
             };
             let mut resp = client.call(client.crypto().generate_data_key(req)).await?;
             let plaintext = Zeroizing::new(std::mem::take(&mut resp.plaintext));
+            if to_recipient && resp.recipient_wrapped.is_empty() {
+                return Err(Failure::server(
+                    "the server returned no data key wrapped to --recipient (does it predate \
+                     recipients? upgrade it)",
+                ));
+            }
+            let format = distribution::format_name(resp.recipient_format);
+            if let Some(path) = &recipient_out {
+                output::write_to(&Stream::File(path.clone()), &resp.recipient_wrapped)?;
+            }
             let plain_b64 = Zeroizing::new((!without_plaintext).then(|| B64.encode(&*plaintext)));
             let wrapped = B64.encode(&resp.ciphertext);
             let text = Zeroizing::new(match fmt {
-                Format::Json => format!(
-                    "{}\n",
-                    json!({
+                Format::Json => {
+                    let mut v = json!({
                         "plaintext_base64": *plain_b64,
                         "ciphertext": wrapped,
                         "key": resp.key,
                         "version": resp.version,
-                    })
-                ),
+                    });
+                    if to_recipient {
+                        v["recipient_wrapped_base64"] = B64.encode(&resp.recipient_wrapped).into();
+                        v["recipient_format"] = format.into();
+                    }
+                    format!("{v}\n")
+                }
                 Format::Human => {
                     let mut t = format!("key:        {} (version {})\n", resp.key, resp.version);
                     if let Some(p) = plain_b64.as_deref() {
                         t.push_str(&format!("plaintext:  {p}\n"));
                     }
                     t.push_str(&format!("ciphertext: {wrapped}\n"));
+                    if let Some(path) = &recipient_out {
+                        t.push_str(&format!(
+                            "recipient:  {} ({format}, {} bytes)\n",
+                            path.display(),
+                            resp.recipient_wrapped.len()
+                        ));
+                    }
                     t
                 }
             });

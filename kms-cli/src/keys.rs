@@ -1,19 +1,31 @@
-//! `kms-cli key …`: create, list, show and change the life of named keys (KeyAdmin API).
+//! `kms-cli key …`: create, list, show and change the life of named keys (KeyAdmin API);
+//! import and export of key material are in [`crate::distribution`].
 
 use clap::Subcommand;
-use kms_client::proto::{self, KeyPurpose, KeyState, RevocationReason, VersionState};
+use kms_client::proto::{self, KeyOrigin, KeyPurpose, KeyState, RevocationReason, VersionState};
 use serde_json::{Value, json};
 
 use crate::args::{KeyValue, Period, Reason, Rotation, pairs_to_map};
+use crate::distribution::{self, Distribution};
 use crate::output::{self, Format, Table, period, time, time_or_dash};
 use crate::{Conn, Failure};
 
+/// Every `key` command: the life of keys here, import and export in [`crate::distribution`].
 #[derive(Subcommand)]
 pub(crate) enum Key {
+    #[command(flatten)]
+    Admin(Admin),
+    #[command(flatten)]
+    Distribution(Distribution),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Admin {
     /// Create a key for encryption and decryption (AES-256-GCM), at version 1.
     #[command(after_help = "Examples:\n  \
         kms-cli key create payments\n  \
-        kms-cli key create payments --description \"card tokens\" --label team=billing --rotation-period 90d")]
+        kms-cli key create payments --description \"card tokens\" --label team=billing --rotation-period 90d\n  \
+        kms-cli key create partners/acme --exportable      # `kms-cli key export` allowed, for good")]
     Create {
         /// The key's name: '/'-separated segments of a-z 0-9 . _ - (e.g. payments/card-tokens).
         name: String,
@@ -26,6 +38,11 @@ pub(crate) enum Key {
         /// Rotate automatically this often, e.g. 90d, 12h, 3600s (at least 1h). Default: never.
         #[arg(long, value_name = "DURATION")]
         rotation_period: Option<Period>,
+        /// Allow `kms-cli key export` to hand this key's material out, wrapped to a recipient's
+        /// public key (policy operation `export` still applies). Irreversible: a key's
+        /// exportability is set at creation and never changes, either way.
+        #[arg(long)]
+        exportable: bool,
     },
     /// List keys, sorted by name.
     #[command(after_help = "Examples:\n  \
@@ -125,11 +142,19 @@ pub(crate) enum Key {
     },
 }
 
-/// Runs one `key` command; `--label` duplicates are refused before connecting.
+/// Runs one `key` command.
 pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failure> {
+    match cmd {
+        Key::Admin(cmd) => admin(cmd, conn, fmt).await,
+        Key::Distribution(cmd) => distribution::run(cmd, conn, fmt).await,
+    }
+}
+
+/// Runs one key administration command; `--label` duplicates are refused before connecting.
+async fn admin(cmd: Admin, conn: &Conn, fmt: Format) -> Result<(), Failure> {
     // Local checks first: nothing is sent if these fail.
     let labels = match &cmd {
-        Key::Create { label, .. } => pairs_to_map(label, "--label")?,
+        Admin::Create { label, .. } => pairs_to_map(label, "--label")?,
         _ => Default::default(),
     };
     let client = crate::connect(conn).await?;
@@ -138,11 +163,12 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
         name: name.to_string(),
     };
     match cmd {
-        Key::Create {
+        Admin::Create {
             name,
             description,
             label: _,
             rotation_period,
+            exportable,
         } => {
             let req = proto::CreateKeyRequest {
                 name,
@@ -150,22 +176,24 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
                 description: description.unwrap_or_default(),
                 labels,
                 rotation_period_seconds: rotation_period.map_or(0, |p| p.0),
+                exportable,
             };
             let key = client.call(admin.create_key(req)).await?;
             let rotation = match key.rotation_period_seconds {
                 0 => "no automatic rotation".to_string(),
                 s => format!("rotates every {}", period(s)),
             };
+            let export = if key.exportable { ", exportable" } else { "" };
             done(
                 fmt,
                 &key,
                 format!(
-                    "key {} created (id {}), version {}, {rotation}",
+                    "key {} created (id {}), version {}, {rotation}{export}",
                     key.name, key.id, key.latest_version
                 ),
             )
         }
-        Key::List {
+        Admin::List {
             prefix,
             page_size,
             all,
@@ -187,7 +215,7 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
             };
             print_list(fmt, &keys, &next, &req.prefix)
         }
-        Key::Show { name } => {
+        Admin::Show { name } => {
             let key = client
                 .call(admin.get_key(proto::GetKeyRequest { name }))
                 .await?;
@@ -196,7 +224,7 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
                 Format::Human => output::print(&key_detail(&key)),
             }
         }
-        Key::Rotate { name } => {
+        Admin::Rotate { name } => {
             let key = client
                 .call(admin.rotate_key(proto::RotateKeyRequest { name }))
                 .await?;
@@ -206,7 +234,7 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
             );
             done(fmt, &key, msg)
         }
-        Key::SetRotation { name, period: p } => {
+        Admin::SetRotation { name, period: p } => {
             let req = proto::UpdateKeyConfigRequest {
                 name,
                 rotation_period_seconds: Some(p.seconds()),
@@ -224,7 +252,7 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
             };
             done(fmt, &key, msg)
         }
-        Key::SetMinDecryptionVersion { name, version } => {
+        Admin::SetMinDecryptionVersion { name, version } => {
             let req = proto::UpdateKeyConfigRequest {
                 name,
                 min_decryption_version: Some(version),
@@ -237,7 +265,7 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
             );
             done(fmt, &key, msg)
         }
-        Key::Disable { name } => {
+        Admin::Disable { name } => {
             let key = client.call(admin.disable_key(named(&name))).await?;
             let msg = format!(
                 "key {} disabled: it neither encrypts nor decrypts until `kms-cli key enable {}`",
@@ -245,12 +273,12 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
             );
             done(fmt, &key, msg)
         }
-        Key::Enable { name } => {
+        Admin::Enable { name } => {
             let key = client.call(admin.enable_key(named(&name))).await?;
             let msg = format!("key {} is {}", key.name, key_state(key.state));
             done(fmt, &key, msg)
         }
-        Key::Revoke {
+        Admin::Revoke {
             name,
             version,
             reason,
@@ -269,7 +297,7 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
             );
             done(fmt, &key, msg)
         }
-        Key::ScheduleDeletion { name, days } => {
+        Admin::ScheduleDeletion { name, days } => {
             let req = proto::ScheduleKeyDeletionRequest {
                 name,
                 waiting_period_days: days,
@@ -283,7 +311,7 @@ pub(crate) async fn run(cmd: Key, conn: &Conn, fmt: Format) -> Result<(), Failur
             );
             done(fmt, &key, msg)
         }
-        Key::CancelDeletion { name } => {
+        Admin::CancelDeletion { name } => {
             let key = client.call(admin.cancel_key_deletion(named(&name))).await?;
             let msg = format!(
                 "key {}: deletion cancelled, the key is {}",
@@ -322,6 +350,8 @@ fn print_list(fmt: Format, keys: &[proto::Key], next: &str, prefix: &str) -> Res
         "LATEST",
         "MIN-DECRYPT",
         "ROTATION",
+        "ORIGIN",
+        "EXPORTABLE",
         "CREATED",
     ]);
     for k in keys {
@@ -331,6 +361,8 @@ fn print_list(fmt: Format, keys: &[proto::Key], next: &str, prefix: &str) -> Res
             k.latest_version.to_string(),
             k.min_decryption_version.to_string(),
             rotation(k.rotation_period_seconds),
+            origin(k.origin),
+            yes_no(k.exportable),
             time_or_dash(k.created_unix),
         ]);
     }
@@ -350,13 +382,19 @@ fn rotation(secs: u64) -> String {
     }
 }
 
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
 /// `key show` for people: one field per line, then the versions as a table.
-fn key_detail(k: &proto::Key) -> String {
+pub(crate) fn key_detail(k: &proto::Key) -> String {
     let mut lines: Vec<(&str, String)> = vec![
         ("name", k.name.clone()),
         ("id", k.id.clone()),
         ("purpose", purpose(k.purpose)),
         ("state", key_state(k.state)),
+        ("origin", origin(k.origin)),
+        ("exportable", yes_no(k.exportable)),
         ("description", k.description.clone()),
     ];
     let mut labels: Vec<String> = k.labels.iter().map(|(a, b)| format!("{a}={b}")).collect();
@@ -409,7 +447,7 @@ fn key_detail(k: &proto::Key) -> String {
 }
 
 /// A key as JSON: the wire fields, enums as lowercase names, times as ISO-8601 UTC or null.
-fn key_json(k: &proto::Key) -> Value {
+pub(crate) fn key_json(k: &proto::Key) -> Value {
     let versions: Vec<Value> = k
         .versions
         .iter()
@@ -429,6 +467,8 @@ fn key_json(k: &proto::Key) -> Value {
         "id": k.id,
         "purpose": purpose(k.purpose),
         "state": key_state(k.state),
+        "origin": origin(k.origin),
+        "exportable": k.exportable,
         "latest_version": k.latest_version,
         "min_decryption_version": k.min_decryption_version,
         "rotation_period_seconds": k.rotation_period_seconds,
@@ -444,7 +484,7 @@ fn key_json(k: &proto::Key) -> Value {
 }
 
 /// `KEY_STATE_PENDING_DELETION` → `pending-deletion`; an unknown number stays visible.
-fn enum_name(name: Option<&str>, prefix: &str, raw: i32) -> String {
+pub(crate) fn enum_name(name: Option<&str>, prefix: &str, raw: i32) -> String {
     match name {
         Some(n) => n
             .strip_prefix(prefix)
@@ -470,6 +510,12 @@ fn reason_name(raw: i32) -> String {
         .ok()
         .map(|s| s.as_str_name());
     enum_name(name, "REVOCATION_REASON_", raw)
+}
+
+/// `kms` (generated inside the KMS) or `external` (imported).
+fn origin(raw: i32) -> String {
+    let name = KeyOrigin::try_from(raw).ok().map(|s| s.as_str_name());
+    enum_name(name, "KEY_ORIGIN_", raw)
 }
 
 fn purpose(raw: i32) -> String {
@@ -499,6 +545,8 @@ mod tests {
             purpose(KeyPurpose::EncryptDecrypt as i32),
             "encrypt-decrypt"
         );
+        assert_eq!(origin(KeyOrigin::External as i32), "external");
+        assert_eq!(origin(KeyOrigin::Kms as i32), "kms");
         assert_eq!(key_state(99), "unknown(99)");
     }
 
@@ -513,6 +561,8 @@ mod tests {
             min_decryption_version: 1,
             rotation_period_seconds: 90 * 86_400,
             created_unix: 1_700_000_000,
+            origin: KeyOrigin::External as i32,
+            exportable: true,
             versions: vec![
                 proto::KeyVersion {
                     version: 1,
@@ -533,6 +583,8 @@ mod tests {
         };
         let text = key_detail(&key);
         assert!(text.contains("rotation:       90d"), "{text}");
+        assert!(text.contains("origin:         external"), "{text}");
+        assert!(text.contains("exportable:     yes"), "{text}");
         assert!(
             text.contains("created:        2023-11-14T22:13:20Z"),
             "{text}"
@@ -548,5 +600,9 @@ mod tests {
         assert_eq!(v["versions"][1]["revocation_reason"], Value::Null);
         assert_eq!(v["deletion"], Value::Null);
         assert_eq!(v["created"], "2023-11-14T22:13:20Z");
+        assert_eq!(
+            (v["origin"].as_str(), v["exportable"].as_bool()),
+            (Some("external"), Some(true))
+        );
     }
 }

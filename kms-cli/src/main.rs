@@ -6,7 +6,7 @@
 //! certificates, TLS).
 //!
 //! Modules, one per command group: `operator` (seal, unseal, rekey), `keys` (key
-//! administration), `crypto` (encrypt, decrypt, re-encrypt, data keys, random), `envelope`
+//! administration), `distribution` (key import and export, recipients), `crypto` (encrypt, decrypt, re-encrypt, data keys, random), `envelope`
 //! (files of any size under a data key); `args` parses command-line values into typed ones,
 //! `output` holds the tables, JSON and file-writing helpers they share; `generate` writes
 //! shell completions and man pages from the command tree.
@@ -20,6 +20,7 @@ use kms_client::{Client, ClientError, ConnectOptions};
 mod args;
 mod audit;
 mod crypto;
+mod distribution;
 mod envelope;
 mod generate;
 mod keys;
@@ -95,11 +96,13 @@ enum Command {
         kms-cli operator init --shares 5 --threshold 3"
     )]
     Operator(operator::Operator),
-    /// Key administration: create, list, show, rotate, disable, revoke, delete.
+    /// Key administration: create, list, show, rotate, disable, revoke, delete; import and
+    /// export key material.
     #[command(
         subcommand,
         after_help = "Examples:\n  kms-cli key create payments --rotation-period 90d\n  \
-        kms-cli key list --format json\n  kms-cli key rotate payments"
+        kms-cli key list --format json\n  kms-cli key rotate payments\n  \
+        kms-cli key import partners/acme --material material.bin"
     )]
     Key(keys::Key),
     #[command(flatten)]
@@ -343,8 +346,8 @@ mod tests {
         let mut all = Vec::new();
         walk(&Cli::command(), "kms-cli", &mut all);
         let leaves = all.iter().filter(|(_, leaf, _)| *leaf).count();
-        // operator 8, key 11, crypto 5, envelope 2, audit 3, policy 3, mfa 1, completions, man.
-        assert!(leaves >= 35, "only {leaves} leaf commands found: {all:?}");
+        // operator 8, key 14, crypto 5, envelope 2, audit 3, policy 3, mfa 1, completions, man.
+        assert!(leaves >= 38, "only {leaves} leaf commands found: {all:?}");
         for (name, _, help) in &all {
             let help = help
                 .as_deref()

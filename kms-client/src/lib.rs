@@ -276,8 +276,46 @@ impl Client {
             key: key.to_string(),
             context,
             without_plaintext: false,
+            recipient: None,
         };
         self.call(self.crypto().generate_data_key(req)).await
+    }
+
+    /// Bring your own key, step 1: a fresh RSA-3072 wrapping public key and a single-use
+    /// import token for key `name` (a new name, or an existing imported key).
+    pub async fn import_params(&self, name: &str) -> Result<proto::ImportParameters, ClientError> {
+        let req = proto::GetImportParametersRequest {
+            name: name.to_string(),
+        };
+        self.call(self.key_admin().get_import_parameters(req)).await
+    }
+
+    /// Bring your own key, step 2: sends material already wrapped to the public key of
+    /// [`Client::import_params`] (`RSA-OAEP-SHA256 ‖ AES-KWP`), with that call's token.
+    /// The token is consumed once the server gets as far as unwrapping, whatever the outcome.
+    pub async fn import_key_material(
+        &self,
+        req: proto::ImportKeyMaterialRequest,
+    ) -> Result<proto::Key, ClientError> {
+        self.call(self.key_admin().import_key_material(req)).await
+    }
+
+    /// One version's material (`version` 0 = the latest) wrapped to `recipient`; only for
+    /// keys created or imported exportable.
+    pub async fn export_key(
+        &self,
+        name: &str,
+        version: u32,
+        recipient: proto::recipient::Recipient,
+    ) -> Result<proto::ExportKeyResponse, ClientError> {
+        let req = proto::ExportKeyRequest {
+            name: name.to_string(),
+            version,
+            recipient: Some(proto::Recipient {
+                recipient: Some(recipient),
+            }),
+        };
+        self.call(self.key_admin().export_key(req)).await
     }
 
     fn operator(&self) -> OperatorClient<Svc> {
