@@ -316,8 +316,8 @@ effect = "allow"
 principals = ["spiffe://kms.test/operator"]
 operations = ["encrypt", "decrypt", "reencrypt", "generate-data-key", "generate-random",
   "create", "read", "list", "rotate", "configure", "disable", "enable", "revoke",
-  "schedule-deletion", "cancel-deletion", "seal", "rekey", "rotate-barrier", "backup",
-  "policy-read", "policy-reload", "audit-read"]
+  "schedule-deletion", "cancel-deletion", "import", "export", "seal", "rekey",
+  "rotate-barrier", "backup", "policy-read", "policy-reload", "audit-read"]
 keys = ["**"]
 "#;
 

@@ -615,6 +615,7 @@ async fn scheduled_rotation_runs_once_across_three_nodes() {
                 String::new(),
                 BTreeMap::new(),
                 Some(3600),
+                false,
             )
             .await
             .unwrap();

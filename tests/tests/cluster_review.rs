@@ -78,6 +78,7 @@ async fn create(n: &Node, key: &str) {
             String::new(),
             BTreeMap::new(),
             None,
+            false,
         )
         .await
         .unwrap();
