@@ -434,3 +434,61 @@ fn envelope_checks_files_before_connecting() {
         .collect();
     assert_eq!(names, vec!["plain.txt"], "files left: {names:?}");
 }
+
+/// Key import and export check their files before connecting: with no connection settings
+/// at all, a bad file is named (exit 2), never the missing KMS_ADDR.
+#[test]
+fn key_distribution_checks_files_before_connecting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let short = dir.path().join("short.bin");
+    std::fs::write(&short, [7u8; 31]).expect("write");
+    let private = dir.path().join("private.pem");
+    std::fs::write(
+        &private,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("write");
+    let (short, private) = (short.display().to_string(), private.display().to_string());
+
+    let err = fails_with(2, &["key", "import", "k", "--material", &short]);
+    assert!(err.contains("is 31 bytes"), "stderr:\n{err}");
+    assert!(!err.contains("KMS_ADDR"), "stderr:\n{err}");
+    let err = fails_with(2, &["key", "import", "k", "--wrapped", &short]);
+    assert!(err.contains("--wrapped needs --token"), "stderr:\n{err}");
+    let err = fails_with(
+        2,
+        &[
+            "key",
+            "import",
+            "k",
+            "--wrapped",
+            &short,
+            "--token",
+            "t",
+            "--material",
+            &short,
+        ],
+    );
+    assert!(err.contains("cannot be used with"), "stderr:\n{err}");
+    let err = fails_with(
+        2,
+        &["key", "export", "k", "--recipient", &private, "--out", "x"],
+    );
+    assert!(err.contains("this is a private key"), "stderr:\n{err}");
+    assert!(!err.contains("KMS_ADDR"), "stderr:\n{err}");
+    let err = fails_with(2, &["key", "export", "k", "--recipient", &private]);
+    assert!(err.contains("--out FILE is required"), "stderr:\n{err}");
+    let err = fails_with(
+        2,
+        &[
+            "datakey",
+            "--key",
+            "k",
+            "--recipient",
+            &private,
+            "--recipient-out",
+            "x",
+        ],
+    );
+    assert!(err.contains("this is a private key"), "stderr:\n{err}");
+}
