@@ -286,6 +286,12 @@ impl Keystore {
         } else {
             version
         };
+        if v > key.meta.latest() {
+            return Err(KmsError::invalid(format!(
+                "key {name} has no version {v}: give a version from 1 to {}, or 0 for the latest",
+                key.meta.latest()
+            )));
+        }
         key.meta.check_decrypt(v)?;
         let material = key.material.get(&v).ok_or_else(|| no_material(&key, v))?;
         let wrapped = recipient.wrap(material.expose()).map_err(wrap_error)?;
