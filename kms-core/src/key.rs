@@ -5,15 +5,20 @@
 //!
 //! Key-level states (DESIGN §3): `Enabled` → `Disabled` ⇄ `Enabled`;
 //! `Enabled | Disabled` → `PendingDeletion` → (`cancel_deletion`) back to where it was, or
-//! (`destroy`, once the waiting period is over) → `Destroyed`, which is final.
+//! (`destroy`, once the waiting period is over) → `Destroyed`, which is final for a key the
+//! KMS generated. An imported key (origin external) comes back from `Destroyed` only when the
+//! very material of a destroyed version is imported again (`restore_version`, checked by
+//! fingerprint): its owner held that material all along.
 //! Version-level: `Enabled` (shown as "active" for the latest, "decrypt-only" for older ones),
-//! `Revoked` (final, keeps its first reason) and `Destroyed` (final).
+//! `Revoked` (final, keeps its first reason, even through destruction) and `Destroyed` (final
+//! but for the restore above).
 //!
 //! Guarantees common to every method of [`KeyMeta`]:
 //! - A method that returns `Err` leaves the metadata exactly as it was.
 //! - Every change sets `updated = now`; a call that changes nothing (disable a disabled key,
 //!   revoke a revoked version) returns `Ok` and leaves `updated` alone.
-//! - Nothing ever leaves `Destroyed`, and a destroyed version never becomes usable again.
+//! - Nothing leaves `Destroyed` and no destroyed version becomes usable again, except an
+//!   imported version whose same material is imported again; a revoked version never does.
 //! - Every error names the key and says what to do next.
 
 use std::collections::BTreeMap;
@@ -138,7 +143,8 @@ impl fmt::Display for RevocationReason {
     }
 }
 
-/// The state of one version. `Revoked` and `Destroyed` are final.
+/// The state of one version. `Revoked` is final; `Destroyed` too, but for an imported version
+/// restored with its own material ([`KeyMeta::restore_version`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VersionState {
@@ -185,7 +191,8 @@ impl Origin {
     }
 }
 
-/// The state of the key as a whole. `Destroyed` is final.
+/// The state of the key as a whole. `Destroyed` is final, but for an imported key restored
+/// with the material of one of its versions ([`KeyMeta::restore_version`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyState {
@@ -256,7 +263,7 @@ pub enum LifecycleError {
     )]
     PendingDeletion { name: KeyName, deletion_at: u64 },
     #[error(
-        "key '{name}' has been destroyed: its material is erased and it can never be used again; create a new key"
+        "key '{name}' has been destroyed: its material is erased and it can never be used again; create a new key (an imported key comes back only if the material of one of its versions is imported again)"
     )]
     Destroyed { name: KeyName },
     #[error(
@@ -292,7 +299,7 @@ pub enum LifecycleError {
         reason: RevocationReason,
     },
     #[error(
-        "version {version} of key '{name}' has been destroyed: its material is erased and data encrypted under it cannot be recovered"
+        "version {version} of key '{name}' has been destroyed: its material is erased and data encrypted under it cannot be recovered (unless the key was imported: importing that version's material again restores it)"
     )]
     VersionDestroyed { name: KeyName, version: u32 },
     /// A bad argument; the message names the key.
@@ -638,35 +645,62 @@ impl KeyMeta {
         self.push_version(now, Some(fingerprint))
     }
 
-    /// Restores a destroyed imported key: the destroyed version `v` for which `matches(v,
-    /// fingerprint)` holds is enabled again, and the key with it. Only the very material that
-    /// was imported restores a version [RègleInjectionClé]; other versions stay destroyed.
-    /// `NotAllowed` if the key is not a destroyed imported key or no version matches.
+    /// Restores a destroyed version of an imported key: the destroyed version `v` for which
+    /// `matches(v, fingerprint)` holds is enabled again, and a destroyed key with it. Only the
+    /// very material that was imported restores a version [RègleInjectionClé]; other versions
+    /// stay destroyed until theirs is imported too, and a revoked version never comes back.
+    /// `NotAllowed` if the key is not an enabled or destroyed imported key, or no destroyed
+    /// version matches.
     pub fn restore_version(
         &mut self,
         matches: impl Fn(u32, &str) -> bool,
         now: u64,
     ) -> Result<u32, LifecycleError> {
-        if self.origin != Origin::External || !matches!(self.state, KeyState::Destroyed { .. }) {
+        if self.origin != Origin::External
+            || !matches!(self.state, KeyState::Destroyed { .. } | KeyState::Enabled)
+        {
             return Err(self.not_allowed(
-                "is not a destroyed imported key: only those can be restored by importing their material again",
+                "is not an enabled or destroyed imported key: only those get destroyed versions back by importing their material again",
             ));
         }
-        let found = self.versions.iter().position(|v| {
-            matches!(v.state, VersionState::Destroyed { .. })
-                && v.fingerprint
-                    .as_deref()
-                    .is_some_and(|f| matches(v.version, f))
-        });
+        let matching = |v: &VersionMeta| {
+            v.fingerprint
+                .as_deref()
+                .is_some_and(|f| matches(v.version, f))
+        };
+        if let Some(v) = self
+            .versions
+            .iter()
+            .find(|v| matches!(v.state, VersionState::Revoked { .. }) && matching(v))
+        {
+            return Err(self.not_allowed(&format!(
+                "had this material as version {}, which was revoked: revocation is final, so it can never be imported again",
+                v.version
+            )));
+        }
+        let found = self
+            .versions
+            .iter()
+            .position(|v| matches!(v.state, VersionState::Destroyed { .. }) && matching(v));
         let Some(i) = found else {
             return Err(self.not_allowed(
-                "was destroyed: only the material of one of its destroyed versions can be imported again, and this material matches none of them",
+                "has no destroyed version with this material: a destroyed key gets back only the material of one of its destroyed versions",
             ));
         };
         self.versions[i].state = VersionState::Enabled;
         self.state = KeyState::Enabled;
         self.updated = now;
         Ok(self.versions[i].version)
+    }
+
+    /// Whether a destroyed version of this key has the material `matches` recognises.
+    pub fn has_destroyed_match(&self, matches: impl Fn(u32, &str) -> bool) -> bool {
+        self.versions.iter().any(|v| {
+            matches!(v.state, VersionState::Destroyed { .. })
+                && v.fingerprint
+                    .as_deref()
+                    .is_some_and(|f| matches(v.version, f))
+        })
     }
 
     fn push_version(
@@ -989,7 +1023,11 @@ impl KeyMeta {
         }
         self.state = KeyState::Destroyed { at: now };
         for v in &mut self.versions {
-            v.state = VersionState::Destroyed { at: now };
+            // A revoked version stays revoked (its material is erased all the same): the
+            // revocation must survive a later restore of an imported key.
+            if !matches!(v.state, VersionState::Revoked { .. }) {
+                v.state = VersionState::Destroyed { at: now };
+            }
         }
         self.updated = now;
         Ok(())
@@ -1219,7 +1257,8 @@ mod tests {
         assert!(
             k.versions
                 .iter()
-                .all(|v| v.state == VersionState::Destroyed { at })
+                .all(|v| v.state == VersionState::Destroyed { at }
+                    || matches!(v.state, VersionState::Revoked { .. }))
         );
         assert_eq!(k.version_state_label(2), "destroyed");
         assert!(matches!(
@@ -1761,7 +1800,7 @@ mod tests {
         let mut k = destroyed_imported();
         let before = k.clone();
         let e = k.restore_version(|_, f| f == "other", T0 + 3).unwrap_err();
-        assert!(e.to_string().contains("matches none"), "{e}");
+        assert!(e.to_string().contains("no destroyed version"), "{e}");
         assert_eq!(k, before);
         assert_eq!(
             k.restore_version(|v, f| v == 1 && f == "f1", T0 + 3)
@@ -1774,8 +1813,37 @@ mod tests {
             k.versions[1].state,
             VersionState::Destroyed { .. }
         ));
-        // Not destroyed any more: restoring again is refused.
-        assert!(k.restore_version(|_, _| true, T0 + 4).is_err());
+        // Enabled again: version 2 comes back with its own material too, version 1 not twice.
+        assert!(
+            k.restore_version(|v, f| v == 1 && f == "f1", T0 + 4)
+                .is_err()
+        );
+        assert_eq!(
+            k.restore_version(|v, f| v == 2 && f == "f2", T0 + 4)
+                .unwrap(),
+            2
+        );
+        assert!(k.check_encrypt(Operation::Encrypt).is_ok());
+    }
+
+    /// Revocation is final: destroying and re-importing never brings a revoked (e.g.
+    /// compromised) version back [RègleVérificationUtilisabilité-1].
+    #[test]
+    fn revoked_imported_versions_never_come_back() {
+        let mut k = imported(T0);
+        k.import_version("f2".into(), T0 + 1).unwrap();
+        k.revoke(1, RevocationReason::Compromised, T0 + 2).unwrap();
+        k.schedule_deletion(T0 + 3, Some(0), 0).unwrap();
+        k.destroy(T0 + 3).unwrap();
+        assert!(matches!(k.versions[0].state, VersionState::Revoked { .. }));
+        assert!(matches!(
+            k.versions[1].state,
+            VersionState::Destroyed { .. }
+        ));
+        let e = k.restore_version(|_, f| f == "f1", T0 + 4).unwrap_err();
+        assert!(e.to_string().contains("revocation is final"), "{e}");
+        assert_eq!(k.restore_version(|_, f| f == "f2", T0 + 4).unwrap(), 2);
+        assert!(matches!(k.versions[0].state, VersionState::Revoked { .. }));
     }
 
     #[test]

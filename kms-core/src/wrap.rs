@@ -319,6 +319,17 @@ pub fn fingerprint(key_id: &[u8], version: u32, material: &Secret32) -> [u8; 32]
     out
 }
 
+/// Where an import token's record is stored: a hash of the token, so that storage (rows,
+/// change feeds, backups, error messages naming a path) never holds a usable token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"kms import token v1\0");
+    ctx.update(token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// Constant-time equality of two fingerprints.
 pub fn same_fingerprint(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq as _;

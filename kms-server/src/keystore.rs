@@ -601,7 +601,7 @@ impl Keystore {
             };
             if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. }) {
                 // Finish an erasure a crash may have interrupted (metadata is written first).
-                self.erase_material(&meta).await?;
+                self.erase_destroyed(&keyring, &meta).await?;
             }
             let mut material = BTreeMap::new();
             let mut damaged = BTreeMap::new();
@@ -881,7 +881,7 @@ impl Keystore {
             None => Arc::new(Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?),
         };
         let keyring = self.seal.keyring().await?;
-        self.write_material(&keyring, lock.as_ref(), &id, 1, &material)
+        self.write_material(&keyring, lock.as_ref(), &id, 1, &material, Expect::Absent)
             .await?;
         let record_version = self
             .write_meta(&keyring, lock.as_ref(), &meta, Expect::Absent)
@@ -1037,7 +1037,8 @@ impl Keystore {
                     Arc::new(Secret32::random().map_err(|e| KmsError::Internal(e.to_string()))?)
                 }
             };
-            self.write_material(&keyring, lock, &meta.id, v, &m).await?;
+            self.write_material(&keyring, lock, &meta.id, v, &m, Expect::Absent)
+                .await?;
             material.insert(v, m);
         }
         // A destroyed imported version brought back by importing its material again: the
@@ -1056,7 +1057,10 @@ impl Keystore {
             let m = imported.take().ok_or_else(|| {
                 KmsError::Internal(format!("version {v} restored without material"))
             })?;
-            self.write_material(&keyring, lock, &meta.id, v, &m).await?;
+            // Over whatever an interrupted erasure left: the fingerprint proved it is the same
+            // material.
+            self.write_material(&keyring, lock, &meta.id, v, &m, Expect::Any)
+                .await?;
             material.insert(v, m);
         }
         if imported.is_some() {
@@ -1304,6 +1308,34 @@ impl Keystore {
         to_secret(&plain).map_err(|_| damaged("has the wrong length".into()))
     }
 
+    /// At load: finishes the erasure of a destroyed key's material. On a shared store, under
+    /// the key's cluster lock and only if the latest committed record still says destroyed:
+    /// another node may be restoring an imported version right now (material written first,
+    /// then metadata), and its new material must not be erased under it.
+    async fn erase_destroyed(&self, keyring: &Keyring, meta: &KeyMeta) -> Result<(), KmsError> {
+        if !self.shared {
+            return self.erase_material(meta).await;
+        }
+        let backend = self.seal.backend();
+        let lock = backend.lock(&[key_lock(&meta.id)]).await?;
+        let path = meta_path(&meta.id);
+        let Some(rec) = backend.get(&path).await? else {
+            return Ok(());
+        };
+        match open_meta(keyring, &path, rec) {
+            Ok((m, _)) if matches!(m.state, kms_core::key::KeyState::Destroyed { .. }) => {
+                for v in 1..=m.latest() {
+                    backend
+                        .delete_locked(&lock, &material_path(&m.id, v), Expect::Any)
+                        .await?;
+                }
+                Ok(())
+            }
+            // Restored meanwhile, or damaged: erase nothing.
+            _ => Ok(()),
+        }
+    }
+
     /// Deletes every version's material record of `meta` (missing ones are fine).
     async fn erase_material(&self, meta: &KeyMeta) -> Result<(), KmsError> {
         for v in 1..=meta.latest() {
@@ -1322,10 +1354,11 @@ impl Keystore {
         id: &KeyId,
         version: u32,
         material: &Secret32,
+        expect: Expect,
     ) -> Result<(), KmsError> {
         let path = material_path(id, version);
         let sealed = keyring.seal(&path, material.expose())?;
-        self.put(lock, &path, sealed, Expect::Absent).await?;
+        self.put(lock, &path, sealed, expect).await?;
         Ok(())
     }
 

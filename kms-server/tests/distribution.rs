@@ -197,54 +197,106 @@ async fn refused_imports_store_nothing_and_tokens_serve_once() {
     assert!(matches!(ks.get(&other), Err(KmsError::NotFound(_))));
 }
 
-/// Destroyed imported material comes back only with the same material: old ciphertexts of
-/// that version decrypt again; different material is refused and the key stays destroyed
-/// [RègleEffacement-1, RègleInjectionClé].
+/// Destroyed imported material comes back only with the same material, version by version:
+/// old ciphertexts of a restored version decrypt again; different material is refused and the
+/// key stays destroyed [RègleEffacement-1, RègleInjectionClé].
 #[tokio::test]
 async fn destroyed_imported_keys_restore_only_with_the_same_material() {
     let dir = tempfile::tempdir().unwrap();
     let (_seal, ks) = unsealed_keystore(dir.path()).await;
     let name: KeyName = "byok/restore".parse().unwrap();
+    let ctx = EncryptionContext::default();
     import(&ks, &name, material(9).expose(), none())
         .await
         .unwrap();
-    let ctx = EncryptionContext::default();
     let old = ks.encrypt(&name, b"keep me", &ctx).unwrap();
+    assert_eq!(
+        import(&ks, &name, material(10).expose(), none())
+            .await
+            .unwrap(),
+        2
+    );
+    let newer = ks.encrypt(&name, b"and me", &ctx).unwrap();
     let t0 = now_unix();
     ks.schedule_deletion(&name, Some(7)).await.unwrap();
     assert_eq!(ks.run_scheduled(t0 + 8 * 86_400).await.unwrap(), 1);
-    assert!(matches!(
-        ks.get(&name).unwrap().state,
-        KeyState::Destroyed { .. }
-    ));
+    let destroyed =
+        |ks: &Keystore| matches!(ks.get(&name).unwrap().state, KeyState::Destroyed { .. });
+    assert!(destroyed(&ks));
     assert!(ks.decrypt(&old.ciphertext, &ctx).is_err());
 
     let m = precondition(import(&ks, &name, material(8).expose(), none()).await);
-    assert!(m.contains("matches none"), "{m}");
-    assert!(matches!(
-        ks.get(&name).unwrap().state,
-        KeyState::Destroyed { .. }
-    ));
+    assert!(m.contains("no destroyed version"), "{m}");
+    assert!(destroyed(&ks));
 
-    assert_eq!(
-        import(&ks, &name, material(9).expose(), none())
-            .await
-            .unwrap(),
-        1
-    );
+    // Version 1 back: the key is enabled, version 2 still destroyed, so nothing encrypts.
+    import(&ks, &name, material(9).expose(), none())
+        .await
+        .unwrap();
     let meta = ks.get(&name).unwrap();
     assert_eq!(meta.state, KeyState::Enabled);
     assert_eq!(meta.versions[0].state, VersionState::Enabled);
+    assert!(matches!(
+        meta.versions[1].state,
+        VersionState::Destroyed { .. }
+    ));
     assert_eq!(
         &ks.decrypt(&old.ciphertext, &ctx).unwrap().plaintext[..],
         b"keep me"
     );
-    // And it survives a reload from storage (material written, metadata committed).
+    assert!(ks.decrypt(&newer.ciphertext, &ctx).is_err());
+    assert!(ks.encrypt(&name, b"x", &ctx).is_err());
+    // Version 2 back with its own material; then the key encrypts with it again.
+    import(&ks, &name, material(10).expose(), none())
+        .await
+        .unwrap();
+    assert_eq!(
+        &ks.decrypt(&newer.ciphertext, &ctx).unwrap().plaintext[..],
+        b"and me"
+    );
+    assert_eq!(ks.encrypt(&name, b"x", &ctx).unwrap().version, 2);
+    // Survives a reload from storage (material written, metadata committed).
     ks.load().await.unwrap();
     assert_eq!(
         &ks.decrypt(&old.ciphertext, &ctx).unwrap().plaintext[..],
         b"keep me"
     );
+    assert_eq!(
+        &ks.decrypt(&newer.ciphertext, &ctx).unwrap().plaintext[..],
+        b"and me"
+    );
+}
+
+/// A revoked (compromised) imported version never comes back, through destruction and
+/// re-import [RègleVérificationUtilisabilité-1].
+#[tokio::test]
+async fn revoked_imported_material_never_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_seal, ks) = unsealed_keystore(dir.path()).await;
+    let name: KeyName = "byok/revoked".parse().unwrap();
+    import(&ks, &name, material(1).expose(), none())
+        .await
+        .unwrap();
+    import(&ks, &name, material(2).expose(), none())
+        .await
+        .unwrap();
+    ks.revoke(&name, 1, kms_core::key::RevocationReason::Compromised)
+        .await
+        .unwrap();
+    let m = invalid(import(&ks, &name, material(1).expose(), none()).await);
+    assert!(
+        m.contains("already version 1 of key byok/revoked (revoked)"),
+        "{m}"
+    );
+    let t0 = now_unix();
+    ks.schedule_deletion(&name, Some(7)).await.unwrap();
+    assert_eq!(ks.run_scheduled(t0 + 8 * 86_400).await.unwrap(), 1);
+    let m = precondition(import(&ks, &name, material(1).expose(), none()).await);
+    assert!(m.contains("revocation is final"), "{m}");
+    assert!(matches!(
+        ks.get(&name).unwrap().state,
+        KeyState::Destroyed { .. }
+    ));
 }
 
 /// Export only for keys created exportable, wrapped to the recipient [RègleAcheminementCléCentral-1].
@@ -287,10 +339,11 @@ async fn export_wraps_exportable_keys_only() {
     );
     let msg = precondition(ks.export(&no, 0, &to));
     assert!(msg.contains("not exportable"), "{msg}");
-    assert!(matches!(
-        ks.export(&yes, 2, &to),
-        Err(KmsError::FailedPrecondition(_))
-    ));
+    let msg = invalid(ks.export(&yes, 2, &to));
+    assert!(
+        msg.contains("no version 2: give a version from 1 to 1"),
+        "{msg}"
+    );
     ks.disable(&yes).await.unwrap();
     assert!(ks.export(&yes, 1, &to).is_err());
 }

@@ -56,12 +56,20 @@ impl Drop for TokenRecord {
 }
 
 /// The record path of `token`, or INVALID_ARGUMENT if it cannot be a token (32 hex digits).
+/// The path holds a hash of the token, not the token: storage rows, change feeds, backups and
+/// storage error messages never show a usable token.
 fn token_path(token: &str) -> Result<String, KmsError> {
     if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(unknown_token());
     }
-    Ok(format!("{IMPORTS}{}", token.to_ascii_lowercase()))
+    let digest = wrap::token_digest(&token.to_ascii_lowercase());
+    Ok(format!("{IMPORTS}{}", hex::encode(digest)))
 }
+
+/// The most import tokens outstanding (issued, not expired) at once: each holds an RSA private
+/// key in storage and costs a key generation, so a principal with the `import` grant cannot
+/// fill storage.
+const MAX_OUTSTANDING_TOKENS: usize = 1000;
 
 fn unknown_token() -> KmsError {
     KmsError::invalid(
@@ -99,6 +107,14 @@ impl Keystore {
         if let Some(k) = existing {
             precheck_existing(&k.meta, None)?;
         }
+        let now = now_unix();
+        let keyring = self.seal.keyring().await?;
+        let outstanding = self.purge_expired_tokens(&keyring, now).await;
+        if outstanding >= MAX_OUTSTANDING_TOKENS {
+            return Err(KmsError::ResourceExhausted(format!(
+                "{outstanding} import tokens are outstanding, the limit is {MAX_OUTSTANDING_TOKENS}: use or let expire the ones issued (they last [keys] import_token_ttl_secs)"
+            )));
+        }
         // RSA key generation takes tens of milliseconds: off the async workers.
         let wk = tokio::task::spawn_blocking(WrappingKey::generate)
             .await
@@ -107,7 +123,6 @@ impl Keystore {
         let mut raw = [0u8; 16];
         kms_core::fill_random(&mut raw).map_err(|e| KmsError::Internal(e.to_string()))?;
         let token = hex::encode(raw);
-        let now = now_unix();
         let expires = now.saturating_add(self.settings.import_token_ttl_secs);
         let pkcs8 = wk.pkcs8().map_err(wrap_error)?;
         let record = TokenRecord {
@@ -117,7 +132,6 @@ impl Keystore {
             wrapping_key: Some(hex::encode(&*pkcs8)),
             used: None,
         };
-        let keyring = self.seal.keyring().await?;
         let path = token_path(&token)?;
         self.seal
             .backend()
@@ -127,7 +141,6 @@ impl Keystore {
                 Expect::Absent,
             )
             .await?;
-        self.purge_expired_tokens(&keyring, now).await;
         Ok(ImportParams {
             public_der: wk.public_der().map_err(wrap_error)?,
             public_pem: wk.public_pem().map_err(wrap_error)?,
@@ -168,6 +181,12 @@ impl Keystore {
         let existing = read(&cache.by_name).get(&name).cloned();
         match &existing {
             Some(k) => precheck_existing(&k.meta, Some(&new))?,
+            None if !cache.damaged_meta.is_empty() => {
+                return Err(KmsError::DataLoss(format!(
+                    "key {name} was not imported: {} key record(s) are damaged and their names are unknown, and a name must never be reused: restore the data directory from backup",
+                    cache.damaged_meta.len()
+                )));
+            }
             None => {
                 // The same checks creation makes, before the token is used.
                 KeyMeta::new_imported(
@@ -231,31 +250,27 @@ impl Keystore {
                 )
                 .await?
             }
-            Some(k) if matches!(k.meta.state, kms_core::key::KeyState::Destroyed { .. }) => {
-                self.update_with(
-                    &name,
-                    move |meta, now| {
-                        let id = meta.id;
-                        meta.restore_version(|v, f| same_material(f, &id, v, &m), now)?;
-                        Ok(())
-                    },
-                    Some(material),
-                )
-                .await?
-            }
             Some(_) => {
                 self.update_with(
                     &name,
                     move |meta, now| {
                         let id = meta.id;
+                        let same = |v: u32, f: &str| same_material(f, &id, v, &m);
+                        // The material of a destroyed version brings that version back.
+                        if matches!(meta.state, kms_core::key::KeyState::Destroyed { .. })
+                            || meta.has_destroyed_match(same)
+                        {
+                            meta.restore_version(same, now)?;
+                            return Ok(());
+                        }
                         if let Some(v) = meta.versions.iter().find(|v| {
-                            v.fingerprint
-                                .as_deref()
-                                .is_some_and(|f| same_material(f, &id, v.version, &m))
+                            v.fingerprint.as_deref().is_some_and(|f| same(v.version, f))
                         }) {
                             return Err(KmsError::invalid(format!(
-                                "this material is already version {} of key {}: import different material to add a version",
-                                v.version, meta.name
+                                "this material is already version {} of key {} ({}): import different material to add a version",
+                                v.version,
+                                meta.name,
+                                meta.version_state_label(v.version)
                             )));
                         }
                         let next = meta.latest().saturating_add(1);
@@ -304,17 +319,18 @@ impl Keystore {
         exportable(&self.lookup(name)?.meta)
     }
 
-    /// Deletes token records past their expiry. Best effort: a failure is logged and the next
-    /// issue retries.
-    async fn purge_expired_tokens(&self, keyring: &Keyring, now: u64) {
+    /// Deletes token records past their expiry and returns how many remain. Best effort: a
+    /// failure is logged and the next issue retries.
+    async fn purge_expired_tokens(&self, keyring: &Keyring, now: u64) -> usize {
         let backend = self.seal.backend();
         let paths = match backend.list(IMPORTS).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "could not list import tokens to purge expired ones");
-                return;
+                return 0;
             }
         };
+        let mut remaining = 0;
         for path in paths {
             let expired = match backend.get(&path).await {
                 Ok(Some(rec)) => match open_record(keyring, &path, &rec.value) {
@@ -325,10 +341,13 @@ impl Keystore {
                 },
                 _ => false,
             };
-            if expired && let Err(e) = backend.delete(&path, Expect::Any).await {
+            if !expired {
+                remaining += 1;
+            } else if let Err(e) = backend.delete(&path, Expect::Any).await {
                 tracing::warn!(error = %e, "could not delete an expired import token");
             }
         }
+        remaining
     }
 }
 
@@ -454,9 +473,11 @@ mod tests {
                 "{t}"
             );
         }
-        assert_eq!(
-            token_path(&"AB".repeat(16)).expect("hex"),
-            format!("imports/{}", "ab".repeat(16))
+        let path = token_path(&"AB".repeat(16)).expect("hex");
+        assert_eq!(path, token_path(&"ab".repeat(16)).expect("hex"));
+        assert!(
+            path.starts_with("imports/") && !path.contains(&"ab".repeat(16)),
+            "{path}"
         );
     }
 }
