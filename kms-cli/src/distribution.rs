@@ -59,7 +59,7 @@ pub(crate) enum Distribution {
         only the wrapped form. To wrap elsewhere (e.g. on an offline machine) with openssl, \
         after `kms-cli key import-params NAME --public-key-out wrapping.pem`:\n  \
         openssl rand 32 > kek.bin\n  \
-        openssl enc -id-aes256-wrap-pad -K $(od -An -tx1 kek.bin | tr -d ' \\n') -iv A65959A6 \
+        openssl enc -id-aes256-wrap-pad -K $(od -An -v -tx1 kek.bin | tr -d ' \\n') -iv A65959A6 \
         -in material.bin -out kwp.bin\n  \
         openssl pkeyutl -encrypt -pubin -inkey wrapping.pem -pkeyopt rsa_padding_mode:oaep \
         -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256 -in kek.bin -out rsa.bin\n  \
@@ -110,7 +110,7 @@ pub(crate) enum Distribution {
         head -c 384 acme.wrapped > rsa.bin && tail -c +385 acme.wrapped > kwp.bin\n  \
         openssl pkeyutl -decrypt -inkey partner-private.pem -pkeyopt rsa_padding_mode:oaep \
         -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256 -in rsa.bin -out kek.bin\n  \
-        openssl enc -d -id-aes256-wrap-pad -K $(od -An -tx1 kek.bin | tr -d ' \\n') -iv A65959A6 \
+        openssl enc -d -id-aes256-wrap-pad -K $(od -An -v -tx1 kek.bin | tr -d ' \\n') -iv A65959A6 \
         -in kwp.bin -out material.bin && rm kek.bin\n\
         To an age recipient, the output is a binary age file:\n  \
         age -d -i partner-identity.txt -o material.bin acme.age")]
