@@ -316,8 +316,20 @@ impl KeyAdmin for KeysService {
             exportable: r.exportable,
         };
         let (token, wrapped) = (r.import_token, r.wrapped_material);
-        self.detached(move |ks| async move { ks.import_material(n, &token, wrapped, new).await })
+        // Detached, as every key change (see `detached`); the audit record names the version
+        // the material went to, which for a restore is not the latest.
+        let ks = self.keystore.clone();
+        let task = tokio::spawn(
+            async move { ks.import_material(n, &token, wrapped, new).await }.in_current_span(),
+        );
+        let (m, v) = task
             .await
+            .map_err(|e| KmsError::Internal(format!("key change task failed: {e}")))??;
+        Ok(detail(
+            Response::new(key_to_pb(&m)),
+            m.name.as_str(),
+            Some(v),
+        ))
     }
 
     async fn export_key(&self, req: Request<pb::ExportKeyRequest>) -> R<pb::ExportKeyResponse> {

@@ -55,7 +55,7 @@ async fn import(
     Ok(ks
         .import_material(name.clone(), &p.token, blob, new)
         .await?
-        .latest())
+        .1)
 }
 
 fn invalid(r: Result<impl std::fmt::Debug, KmsError>) -> String {
@@ -230,9 +230,10 @@ async fn destroyed_imported_keys_restore_only_with_the_same_material() {
     assert!(destroyed(&ks));
 
     // Version 1 back: the key is enabled, version 2 still destroyed, so nothing encrypts.
-    import(&ks, &name, material(9).expose(), none())
+    let restored = import(&ks, &name, material(9).expose(), none())
         .await
         .unwrap();
+    assert_eq!(restored, 1, "the restored version, not the latest");
     let meta = ks.get(&name).unwrap();
     assert_eq!(meta.state, KeyState::Enabled);
     assert_eq!(meta.versions[0].state, VersionState::Enabled);

@@ -159,7 +159,7 @@ impl Keystore {
         token: &str,
         wrapped: Vec<u8>,
         new: NewKeyFields,
-    ) -> Result<KeyMeta, KmsError> {
+    ) -> Result<(KeyMeta, u32), KmsError> {
         let cache = self.serving()?;
         let path = token_path(token)?;
         let keyring = self.seal.keyring().await?;
@@ -230,6 +230,7 @@ impl Keystore {
             .map_err(wrap_error)?;
         let material = Arc::new(material);
         let m = Arc::clone(&material);
+        let probe = Arc::clone(&material);
         let meta = match existing {
             None => {
                 self.create_with(
@@ -282,8 +283,19 @@ impl Keystore {
                 .await?
             }
         };
-        tracing::info!(key = %meta.name, version = meta.latest(), "key material imported");
-        Ok(meta)
+        // The version the material went to: the new latest, or a restored older one.
+        let version = meta
+            .versions
+            .iter()
+            .rev()
+            .find(|v| {
+                v.fingerprint
+                    .as_deref()
+                    .is_some_and(|f| same_material(f, &meta.id, v.version, &probe))
+            })
+            .map_or(meta.latest(), |v| v.version);
+        tracing::info!(key = %meta.name, version, "key material imported");
+        Ok((meta, version))
     }
 
     /// Version `version` (0 = the latest) of key `name`, wrapped to `recipient`. Only for an
