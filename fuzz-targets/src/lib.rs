@@ -3,8 +3,9 @@
 //! Each `run(data)` feeds `data` to the parser and panics if a property fails: not only "no
 //! panic inside the parser" but what the parser promises (a ciphertext or envelope file never
 //! opens to a plaintext that was not sealed; a parsed share or commitment set re-encodes to its
-//! input; a policy set decides as its rules say; a verified audit log resumes to its own head; an accepted backup file re-encodes to
-//! itself).
+//! input; a policy set decides as its rules say; a verified audit log resumes to its own head;
+//! an accepted backup file re-encodes to itself; an import blob never unwraps to a material
+//! that was not wrapped, and an accepted recipient has at least 3072 bits).
 //! It returns whether the input was accepted, so the corpus replay can also check that the
 //! valid seeds still pass.
 //!
@@ -23,18 +24,20 @@ pub mod ciphertext;
 pub mod envelope;
 pub mod policy;
 pub mod shares;
+pub mod wrap;
 
 /// A target's body: runs the input, panics if a property fails, returns whether it was accepted.
 pub type Body = fn(&[u8]) -> bool;
 
 /// Every target: its name (the `fuzz/` binary and the `fuzz/corpus/` folder) and its body.
-pub const TARGETS: [(&str, Body); 6] = [
+pub const TARGETS: [(&str, Body); 7] = [
     ("ciphertext", ciphertext::run),
     ("shares", shares::run),
     ("policy", policy::run),
     ("envelope", envelope::run),
     ("audit", audit::run),
     ("backup", backup::run),
+    ("wrap", wrap::run),
 ];
 
 /// The plaintext every seed of the ciphertext and envelope corpora seals: `pattern(n)` for

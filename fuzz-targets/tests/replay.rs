@@ -1,8 +1,8 @@
 //! The stable replay of the fuzz corpus: every file of `fuzz/corpus/<target>/` through its
 //! target's body, so `cargo test` checks on every run what a short fuzz run would, without
-//! cargo-fuzz. Seeds named `valid-*` must also be accepted (the happy path still works); any
-//! other file (a crash kept as a regression, an input libFuzzer found) must only pass the
-//! body's assertions.
+//! cargo-fuzz. Seeds named `valid-*` must also be accepted (the happy path still works), seeds
+//! named `refused-*` refused (hostile inputs made on purpose); any other file (a crash kept as
+//! a regression, an input libFuzzer found) must only pass the body's assertions.
 //!
 //! `regenerate_seed_corpus` (ignored) writes the `valid-*` seeds with the real encoders:
 //! `cargo test -p kms-fuzz-targets --test replay -- --ignored regenerate_seed_corpus`.
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use kms_core::audit::{Chain, Record};
 use kms_core::shares;
-use kms_fuzz_targets::{TARGETS, backup, ciphertext, envelope};
+use kms_fuzz_targets::{TARGETS, backup, ciphertext, envelope, wrap};
 
 fn corpus_dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,6 +70,14 @@ fn every_target_passes_its_corpus() {
                 "target {name} refused its valid seed {}",
                 path.display()
             );
+            let must_refuse = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("refused-"));
+            assert!(
+                !(accepted && must_refuse),
+                "target {name} accepted {}, a seed it must refuse",
+                path.display()
+            );
         }
     }
 }
@@ -81,14 +89,18 @@ fn single_byte_changes_and_truncations_of_valid_seeds_are_refused() {
     for (name, body) in TARGETS {
         // A changed policy, share text or audit line may still be valid (a changed rule id, a
         // torn line): only the cryptographically bound formats must refuse every change.
-        let bound = matches!(name, "ciphertext" | "envelope" | "backup");
+        let format_bound = matches!(name, "ciphertext" | "envelope" | "backup");
         for path in files(&corpus_dir(name)) {
-            if !path
+            let file_name = path
                 .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("valid-"))
-            {
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if !file_name.starts_with("valid-") {
                 continue;
             }
+            // A wrapped import blob is bound too (AES-KWP authenticates it); a changed public
+            // key or age recipient may still be a valid one.
+            let bound = format_bound || (name == "wrap" && file_name.starts_with("valid-unwrap"));
             let Ok(seed) = fs::read(&path) else {
                 panic!("reading {}", path.display());
             };
@@ -150,6 +162,89 @@ fn write_backup_seeds() {
         "backup",
         "valid-four",
         &backup::encode(&header(4), &records),
+    );
+}
+
+/// The wrap seeds alone, so adding them rewrites no other corpus. The blobs differ on every
+/// run (a wrap draws a fresh KEK) and are valid either way; the key seeds are the same.
+#[test]
+#[ignore = "writes fuzz/corpus/wrap; run by hand after a format change"]
+fn regenerate_wrap_seeds() {
+    write_wrap_seeds();
+    every_target_passes_its_corpus();
+}
+
+fn write_wrap_seeds() {
+    use wrap::{MODE_AGE, MODE_RSA, MODE_UNWRAP, input};
+    // Accepted: the fixed material wrapped to the fixed key; the fixed key's public half as
+    // PEM and DER; an age recipient (the example of age's README), also shouted with spaces.
+    write("wrap", "valid-unwrap", &wrap::seed_unwrap(&wrap::MATERIAL));
+    let pem = wrap::public_pem();
+    write(
+        "wrap",
+        "valid-recipient-pem",
+        &input(MODE_RSA, pem.as_bytes()),
+    );
+    write(
+        "wrap",
+        "valid-recipient-der",
+        &input(MODE_RSA, wrap::public_der()),
+    );
+    let age = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    write("wrap", "valid-age", &input(MODE_AGE, age.as_bytes()));
+    let shouted = format!("  {}\n", age.to_uppercase());
+    write(
+        "wrap",
+        "valid-age-uppercase-spaces",
+        &input(MODE_AGE, shouted.as_bytes()),
+    );
+
+    // Refused: 16 bytes of material (WrongLength), a blob cut inside its KWP part and one
+    // with a byte too many (Malformed), a wrap to another key (DoesNotOpen).
+    write(
+        "wrap",
+        "refused-unwrap-16-byte-material",
+        &wrap::seed_unwrap(&[0x3c; 16]),
+    );
+    let blob = wrap::seed_unwrap(&wrap::MATERIAL);
+    write("wrap", "refused-unwrap-cut", &blob[..blob.len() - 3]);
+    let mut longer = blob.clone();
+    longer.push(0);
+    write("wrap", "refused-unwrap-one-byte-more", &longer);
+    let other = kms_core::wrap::WrappingKey::generate()
+        .and_then(|k| k.recipient())
+        .and_then(|r| r.wrap(&wrap::MATERIAL));
+    match other {
+        Ok(b) => write("wrap", "refused-unwrap-other-key", &input(MODE_UNWRAP, &b)),
+        Err(e) => panic!("wrapping to a fresh key: {e}"),
+    }
+    // Refused recipients: RSA-2048, RSA-3072 with e = 3 (both made once by openssl), a
+    // PKCS#1 PEM block, a PEM cut before its END line, an age recipient with a bad checksum.
+    let rsa2048 = include_bytes!("../keys/rsa2048.pub.der");
+    write(
+        "wrap",
+        "refused-recipient-rsa2048",
+        &input(MODE_RSA, rsa2048),
+    );
+    let e3 = include_bytes!("../keys/rsa3072-e3.pub.der");
+    write("wrap", "refused-recipient-e3", &input(MODE_RSA, e3));
+    let pkcs1 = pem.replace("PUBLIC KEY", "RSA PUBLIC KEY");
+    write(
+        "wrap",
+        "refused-recipient-pkcs1-pem",
+        &input(MODE_RSA, pkcs1.as_bytes()),
+    );
+    let cut = &pem[..pem.len() / 2];
+    write(
+        "wrap",
+        "refused-recipient-pem-cut",
+        &input(MODE_RSA, cut.as_bytes()),
+    );
+    let bad_sum = age.replace("8p", "9p");
+    write(
+        "wrap",
+        "refused-age-checksum",
+        &input(MODE_AGE, bad_sum.as_bytes()),
     );
 }
 
@@ -278,6 +373,7 @@ fn regenerate_seed_corpus() {
     write("audit", "valid-torn-last-line", torn.as_bytes());
     write("audit", "valid-one-without-newline", lines[0].as_bytes());
     write_backup_seeds();
+    write_wrap_seeds();
 
     // Every seed written must be accepted by its body.
     every_target_passes_its_corpus();
