@@ -181,6 +181,12 @@ impl RsaRecipient {
     /// -pubout` writes it) or as DER SubjectPublicKeyInfo.
     pub fn parse(bytes: &[u8]) -> Result<Self, WrapError> {
         let trimmed = bytes.trim_ascii();
+        if trimmed.is_empty() {
+            return Err(WrapError::Recipient(
+                "it is empty: give an RSA public key (PEM or DER, `openssl pkey -in KEY -pubout`)"
+                    .into(),
+            ));
+        }
         if trimmed.starts_with(b"-----BEGIN") {
             let text = std::str::from_utf8(trimmed)
                 .map_err(|_| WrapError::Recipient("PEM that is not text".into()))?;
@@ -192,11 +198,12 @@ impl RsaRecipient {
 
     /// Reads a DER SubjectPublicKeyInfo RSA public key.
     pub fn from_der(der: &[u8]) -> Result<Self, WrapError> {
-        let key = PublicEncryptingKey::from_der(der).map_err(|e| {
-            WrapError::Recipient(format!(
-                "not an RSA public key in SubjectPublicKeyInfo form ({e}); give the output of \
-                 `openssl pkey -pubout` (PEM or DER)"
-            ))
+        let key = PublicEncryptingKey::from_der(der).map_err(|_| {
+            WrapError::Recipient(
+                "not an RSA public key in SubjectPublicKeyInfo form: give the output of \
+                 `openssl pkey -in KEY -pubout` (PEM or DER)"
+                    .into(),
+            )
         })?;
         let bits = key.key_size_bits();
         if bits < MIN_RSA_BITS {
@@ -354,7 +361,15 @@ fn unpem(text: &str) -> Result<Vec<u8>, WrapError> {
     let begin = "-----BEGIN PUBLIC KEY-----";
     let end = "-----END PUBLIC KEY-----";
     let start = text.find(begin).ok_or_else(|| {
-        bad("without a `-----BEGIN PUBLIC KEY-----` line (an RSA PRIVATE or RSA PUBLIC KEY block? use `openssl pkey -pubout`)")
+        if text.contains("-----BEGIN CERTIFICATE-----") {
+            bad("holding a certificate, not a public key: extract its key with `openssl x509 -in cert.pem -pubkey -noout > partner.pub.pem`")
+        } else if text.contains("PRIVATE KEY-----") {
+            bad("holding a PRIVATE key: never hand it out; give its public key, `openssl pkey -in KEY -pubout`")
+        } else if text.contains("-----BEGIN RSA PUBLIC KEY-----") {
+            bad("holding a PKCS#1 RSA PUBLIC KEY: convert it with `openssl rsa -RSAPublicKey_in -in FILE -pubout`")
+        } else {
+            bad("without a `-----BEGIN PUBLIC KEY-----` line: give the output of `openssl pkey -in KEY -pubout`")
+        }
     })? + begin.len();
     let stop = text[start..]
         .find(end)
@@ -441,7 +456,19 @@ mod tests {
             b"-----BEGIN RSA PUBLIC KEY-----\nAAAA\n-----END RSA PUBLIC KEY-----\n",
         )
         .expect_err("PKCS#1 PEM");
-        assert!(e.to_string().contains("openssl pkey -pubout"), "{e}");
+        assert!(e.to_string().contains("-RSAPublicKey_in"), "{e}");
+        let e =
+            RsaRecipient::parse(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+                .expect_err("certificate");
+        assert!(e.to_string().contains("openssl x509"), "{e}");
+        let e =
+            RsaRecipient::parse(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+                .expect_err("private key");
+        assert!(e.to_string().contains("PRIVATE key"), "{e}");
+        let e = RsaRecipient::parse(b" \n").expect_err("empty");
+        assert!(e.to_string().contains("empty"), "{e}");
+        let e = RsaRecipient::parse(b"\x30\x03\x02\x01\x01").expect_err("not SPKI");
+        assert!(!e.to_string().contains("Invalid"), "no internal names: {e}");
         assert!(Recipient::age("age1nope").is_err());
     }
 

@@ -342,7 +342,7 @@ async fn export_wraps_exportable_keys_only() {
     assert!(msg.contains("not exportable"), "{msg}");
     let msg = invalid(ks.export(&yes, 2, &to));
     assert!(
-        msg.contains("no version 2: give a version from 1 to 1"),
+        msg.contains("no version 2: its versions are 1 to 1"),
         "{msg}"
     );
     ks.disable(&yes).await.unwrap();

@@ -73,7 +73,7 @@ const MAX_OUTSTANDING_TOKENS: usize = 1000;
 
 fn unknown_token() -> KmsError {
     KmsError::invalid(
-        "the import token is unknown: get one with GetImportParameters (`kms-cli key import-params NAME`)",
+        "the import token is unknown, or expired and purged: get new parameters (`kms-cli key import-params NAME`)",
     )
 }
 
@@ -227,7 +227,13 @@ impl Keystore {
         let material = tokio::task::spawn_blocking(move || wk.unwrap(&wrapped))
             .await
             .map_err(|e| KmsError::Internal(format!("unwrapping failed: {e}")))?
-            .map_err(wrap_error)?;
+            .map_err(|e| match e {
+                // The same advice for every failure, so it says nothing about which step failed.
+                WrapError::DoesNotOpen | WrapError::WrongLength { .. } => KmsError::invalid(format!(
+                    "{e}. This token is now used up: get new parameters (`kms-cli key import-params {name}`) and wrap to the new public key. Usual causes: the RSA part must come first; RSA-OAEP with SHA-256 and MGF1-SHA-256 (openssl: -pkeyopt rsa_padding_mode:oaep -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256); AES key wrap with padding (openssl enc -id-aes256-wrap-pad -iv A65959A6); 32 bytes of raw material; the file sent as raw binary, not base64"
+                )),
+                other => wrap_error(other),
+            })?;
         let material = Arc::new(material);
         let m = Arc::clone(&material);
         let probe = Arc::clone(&material);
@@ -315,7 +321,7 @@ impl Keystore {
         };
         if v > key.meta.latest() {
             return Err(KmsError::invalid(format!(
-                "key {name} has no version {v}: give a version from 1 to {}, or 0 for the latest",
+                "key {name} has no version {v}: its versions are 1 to {} (without a version, the latest is exported)",
                 key.meta.latest()
             )));
         }
@@ -369,7 +375,7 @@ fn exportable(meta: &KeyMeta) -> Result<(), KmsError> {
     }
     let name = &meta.name;
     Err(KmsError::FailedPrecondition(format!(
-        "key {name} is not exportable: only a key created exportable (`kms-cli key create {name} --exportable`) can leave the KMS, and that is fixed when the key is created"
+        "key {name} is not exportable and can never become so: exportable is chosen once, when a key is created (`kms-cli key create NAME --exportable`, or `kms-cli key import NAME --exportable` for a new imported key)"
     )))
 }
 
@@ -402,7 +408,7 @@ fn precheck_existing(meta: &KeyMeta, new: Option<&NewKeyFields>) -> Result<(), K
         && (!n.description.is_empty() || !n.labels.is_empty() || n.exportable)
     {
         return Err(KmsError::invalid(format!(
-            "key {} exists: description, labels and exportable are set only by the import that creates a key (change description and labels with UpdateKeyConfig; exportable never changes)",
+            "key {} exists: description, labels and exportable are set only by the import that creates a key; import into an existing key without them (exportable never changes)",
             meta.name
         )));
     }
