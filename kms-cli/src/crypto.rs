@@ -78,7 +78,8 @@ pub(crate) enum Crypto {
         Unwrap the ciphertext later with `kms-cli decrypt`. With --recipient, the data key is \
         also wrapped to a partner's public key (RSA ≥ 3072 bits, PEM or DER, or an age \
         recipient age1…), for them to open with their private key: see `kms-cli key export \
-        --help` for how.")]
+        --help` for how. --recipient-out never replaces an existing file unless --force; it is \
+        created (mode 0600) before anything is sent, and removed again if the request fails.")]
     Datakey {
         /// The key that wraps the data key.
         #[arg(long, value_name = "NAME")]
@@ -93,9 +94,13 @@ pub(crate) enum Crypto {
         #[arg(long, value_name = "FILE")]
         recipient: Option<PathBuf>,
         /// Write the data key wrapped to --recipient here (binary, mode 0600). Required with
-        /// --recipient unless --format json (which prints it as base64).
+        /// --recipient unless --format json (which prints it as base64). An existing file is
+        /// refused unless --force.
         #[arg(long, value_name = "FILE", requires = "recipient")]
         recipient_out: Option<PathBuf>,
+        /// Replace the --recipient-out file if it exists.
+        #[arg(long, requires = "recipient_out")]
+        force: bool,
     },
     /// Random bytes from the server's generator.
     #[command(
@@ -233,6 +238,7 @@ pub(crate) async fn run(cmd: Crypto, conn: &Conn, fmt: Format) -> Result<(), Fai
             without_plaintext,
             recipient,
             recipient_out,
+            force,
         } => {
             let context = pairs_to_map(&context.pairs, "--context")?;
             if recipient.is_some() && recipient_out.is_none() && fmt == Format::Human {
@@ -247,6 +253,12 @@ pub(crate) async fn run(cmd: Crypto, conn: &Conn, fmt: Format) -> Result<(), Fai
                 .transpose()?
                 .map(|r| proto::Recipient { recipient: Some(r) });
             let to_recipient = recipient.is_some();
+            // Claimed before the request: a bad path must not mean a data key generated and
+            // audited on the server but lost here.
+            let recipient_file = recipient_out
+                .as_deref()
+                .map(|p| output::Reserved::claim(p, "--recipient-out", force))
+                .transpose()?;
             let client = crate::connect(conn).await?;
             let req = proto::GenerateDataKeyRequest {
                 key,
@@ -263,8 +275,8 @@ pub(crate) async fn run(cmd: Crypto, conn: &Conn, fmt: Format) -> Result<(), Fai
                 ));
             }
             let format = distribution::format_name(resp.recipient_format);
-            if let Some(path) = &recipient_out {
-                output::write_to(&Stream::File(path.clone()), &resp.recipient_wrapped)?;
+            if let Some(file) = recipient_file {
+                file.commit(&resp.recipient_wrapped)?;
             }
             let plain_b64 = Zeroizing::new((!without_plaintext).then(|| B64.encode(&*plaintext)));
             let wrapped = B64.encode(&resp.ciphertext);

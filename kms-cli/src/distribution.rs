@@ -33,7 +33,8 @@ pub(crate) enum Distribution {
     /// an existing imported key).
     #[command(after_help = "Examples:\n  \
         kms-cli key import-params partners/acme --public-key-out wrapping.pem\n  \
-        kms-cli key import-params partners/acme --format json\n\n\
+        kms-cli key import-params partners/acme --format json\n  \
+        kms-cli key import-params partners/acme --public-key-out wrapping.pem --force   # replace it\n\n\
         The token works once, for this NAME only, until it expires (24 hours by default). Wrap \
         32 bytes of key material to the public key (see `kms-cli key import --help` for the \
         openssl commands), then `kms-cli key import NAME --wrapped FILE --token TOKEN`. \
@@ -41,9 +42,13 @@ pub(crate) enum Distribution {
     ImportParams {
         /// The key the material will go into: a new name, or an existing imported key.
         name: String,
-        /// Write the wrapping public key (PEM) to this file instead of printing it.
+        /// Write the wrapping public key (PEM) to this file instead of printing it. An existing
+        /// file is refused unless --force.
         #[arg(long, value_name = "FILE")]
         public_key_out: Option<PathBuf>,
+        /// Replace the --public-key-out file if it exists.
+        #[arg(long, requires = "public_key_out")]
+        force: bool,
     },
     /// Import AES-256 key material (bring your own key); prints the key like `key show`.
     ///
@@ -58,12 +63,14 @@ pub(crate) enum Distribution {
         With --material, kms-cli gets import parameters, wraps the 32 bytes locally and sends \
         only the wrapped form. To wrap elsewhere (e.g. on an offline machine) with openssl, \
         after `kms-cli key import-params NAME --public-key-out wrapping.pem`:\n  \
+        umask 077   # the KEK and material files: readable by you only\n  \
         openssl rand 32 > kek.bin\n  \
         openssl enc -id-aes256-wrap-pad -K $(od -An -v -tx1 kek.bin | tr -d ' \\n') -iv A65959A6 \
         -in material.bin -out kwp.bin\n  \
         openssl pkeyutl -encrypt -pubin -inkey wrapping.pem -pkeyopt rsa_padding_mode:oaep \
         -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256 -in kek.bin -out rsa.bin\n  \
-        cat rsa.bin kwp.bin > wrapped.bin && rm kek.bin\n\
+        cat rsa.bin kwp.bin > wrapped.bin && shred -u kek.bin rsa.bin kwp.bin\n\
+        wrapped.bin is raw binary (384 + 40 = 424 bytes for 32 bytes of material), not base64.\n\
         The token is consumed by the first import that gets as far as unwrapping, whatever the \
         outcome: after a refusal, start again from import-params. --description, --label and \
         --exportable apply only when the import creates the key."
@@ -99,19 +106,22 @@ pub(crate) enum Distribution {
     /// Only for keys created or imported --exportable, and for enabled keys and versions.
     #[command(after_help = "Examples:\n  \
         kms-cli key export partners/acme --recipient partner.pem --out acme.wrapped\n  \
-        kms-cli key export partners/acme --version 2 --recipient partner.age --out acme.age\n  \
+        kms-cli key export partners/acme --version 2 --recipient partner-age.txt --out acme.age\n  \
         kms-cli key export partners/acme --recipient partner.pem --format json\n\n\
         --recipient FILE holds an RSA public key of at least 3072 bits (PEM or DER, as \
         `openssl pkey -pubout` writes it) or an age recipient line (age1…, as `age-keygen -y` \
-        prints it).\n\n\
+        prints it; `#` comment lines and blank lines are ignored, one recipient per export). \
+        --out never replaces an existing file unless --force; it is created (mode 0600) before \
+        anything is sent, and removed again if the export fails.\n\n\
         To an RSA key, the output is RSA-OAEP-SHA256(K) ‖ AES-KWP(K, material); the RSA part \
         is the modulus length (384 bytes for RSA-3072, 512 for RSA-4096). Open it with the \
         private key:\n  \
+        umask 077\n  \
         head -c 384 acme.wrapped > rsa.bin && tail -c +385 acme.wrapped > kwp.bin\n  \
         openssl pkeyutl -decrypt -inkey partner-private.pem -pkeyopt rsa_padding_mode:oaep \
         -pkeyopt rsa_oaep_md:sha256 -pkeyopt rsa_mgf1_md:sha256 -in rsa.bin -out kek.bin\n  \
         openssl enc -d -id-aes256-wrap-pad -K $(od -An -v -tx1 kek.bin | tr -d ' \\n') -iv A65959A6 \
-        -in kwp.bin -out material.bin && rm kek.bin\n\
+        -in kwp.bin -out material.bin && shred -u kek.bin rsa.bin kwp.bin\n\
         To an age recipient, the output is a binary age file:\n  \
         age -d -i partner-identity.txt -o material.bin acme.age")]
     Export {
@@ -125,9 +135,13 @@ pub(crate) enum Distribution {
         #[arg(long, value_name = "FILE")]
         recipient: PathBuf,
         /// Write the wrapped material (binary) here, mode 0600; - for standard output when it
-        /// is not a terminal. Required unless --format json (which prints it as base64).
+        /// is not a terminal. Required unless --format json (which prints it as base64). An
+        /// existing file is refused unless --force.
         #[arg(long, value_name = "FILE|-")]
         out: Option<Stream>,
+        /// Replace the --out file if it exists.
+        #[arg(long, requires = "out")]
+        force: bool,
     },
 }
 
@@ -142,7 +156,13 @@ pub(crate) async fn run(cmd: Distribution, conn: &Conn, fmt: Format) -> Result<(
         Distribution::ImportParams {
             name,
             public_key_out,
+            force,
         } => {
+            // Claimed before the request: a bad path must not cost an issued (and audited) token.
+            let pem_out = public_key_out
+                .as_deref()
+                .map(|p| output::Reserved::claim(p, "--public-key-out", force))
+                .transpose()?;
             let client = crate::connect(conn).await?;
             let params = client.import_params(&name).await?;
             let pem = if params.wrapping_public_key_pem.is_empty() {
@@ -150,8 +170,8 @@ pub(crate) async fn run(cmd: Distribution, conn: &Conn, fmt: Format) -> Result<(
             } else {
                 params.wrapping_public_key_pem.clone()
             };
-            if let Some(path) = &public_key_out {
-                output::write_to(&Stream::File(path.clone()), pem.as_bytes())?;
+            if let Some(out) = pem_out {
+                out.commit(pem.as_bytes())?;
             }
             let expires = time_or_dash(params.expires_unix);
             let format = format_name(params.wrapping_format);
@@ -261,6 +281,7 @@ pub(crate) async fn run(cmd: Distribution, conn: &Conn, fmt: Format) -> Result<(
             version,
             recipient,
             out,
+            force,
         } => {
             let out = match (out, fmt) {
                 (Some(out), _) => Some(out),
@@ -276,6 +297,12 @@ pub(crate) async fn run(cmd: Distribution, conn: &Conn, fmt: Format) -> Result<(
                 refuse_terminal(out, "--out")?;
             }
             let recipient = read_recipient(&recipient)?;
+            // Claimed before the request, so that a bad path never means "exported and audited
+            // on the server, failed here".
+            let file_out = match &out {
+                Some(Stream::File(path)) => Some(output::Reserved::claim(path, "--out", force)?),
+                _ => None,
+            };
             let client = crate::connect(conn).await?;
             let resp = client
                 .export_key(&name, version.unwrap_or(0), recipient)
@@ -286,8 +313,10 @@ pub(crate) async fn run(cmd: Distribution, conn: &Conn, fmt: Format) -> Result<(
                 )));
             }
             let format = format_name(resp.format);
-            if let Some(out) = &out {
-                output::write_to(out, &resp.wrapped_material)?;
+            match file_out {
+                Some(file) => file.commit(&resp.wrapped_material)?,
+                None if out == Some(Stream::Std) => output::stdout(&resp.wrapped_material)?,
+                None => {}
             }
             match (fmt, &out) {
                 (Format::Json, _) => output::json(&json!({
@@ -337,6 +366,14 @@ pub(crate) fn refuse_terminal(dest: &Stream, flag: &str) -> Result<(), Failure> 
 /// Reads a `--recipient` file: see [`parse_recipient`].
 pub(crate) fn read_recipient(path: &Path) -> Result<Recipient, Failure> {
     let bytes = std::fs::read(path).map_err(|e| {
+        let given = path.to_string_lossy();
+        // The usual slip: the recipient itself where its file belongs.
+        if e.kind() == std::io::ErrorKind::NotFound && given.trim().starts_with("age1") {
+            return Failure::usage(
+                "--recipient takes a FILE holding the recipient, not the recipient itself: \
+                 echo age1… > partner.txt, then --recipient partner.txt; nothing was sent",
+            );
+        }
         Failure::usage(format!(
             "cannot read recipient {}: {e}; nothing was sent",
             path.display()
@@ -345,38 +382,84 @@ pub(crate) fn read_recipient(path: &Path) -> Result<Recipient, Failure> {
     parse_recipient(&bytes, &path.display().to_string())
 }
 
-/// A recipient file's content: text that starts with `age1` (trimmed) is an age recipient;
-/// anything else is an RSA public key, PEM or DER, sent as given. Both are checked here with
-/// the KMS's own parsers, so a wrong file is refused before anything is sent.
+/// A recipient file's content: an age recipients file (`age1…` lines; `#` comments and blank
+/// lines ignored; exactly one recipient) or an RSA public key, PEM or DER, sent as given. Both
+/// are checked here with the KMS's own parsers, so a wrong file is refused before anything is
+/// sent.
 ///
-/// Returns: the recipient, or a usage failure (exit 2) saying what is wrong, with a special
-/// word for private keys given by mistake.
+/// Returns: the recipient, or a usage failure (exit 2) saying what is wrong and what to give
+/// instead, with a special word for the usual wrong files (private keys, certificates).
 pub(crate) fn parse_recipient(bytes: &[u8], name: &str) -> Result<Recipient, Failure> {
-    let bad = |why: String| Failure::usage(format!("recipient {name}: {why}; nothing was sent"));
-    let text = std::str::from_utf8(bytes).map(str::trim).ok();
-    if let Some(t) = text {
+    let bad = |why: &str| Failure::usage(format!("recipient {name}: {why}; nothing was sent"));
+    if bytes.trim_ascii().is_empty() {
+        return Err(bad(
+            "the file is empty: put an RSA public key in it (PEM or DER, from `openssl pkey \
+             -pubout`) or one age recipient line (age1…, from `age-keygen -y`)",
+        ));
+    }
+    // DER never is UTF-8 (it starts 0x30 0x82), so text here means PEM, age or a wrong file.
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        let t = text.trim();
         // A private key in the wrong place must not travel anywhere: say which file to use.
         if t.starts_with("AGE-SECRET-KEY-") || t.contains("\nAGE-SECRET-KEY-") {
             return Err(bad(
-                "this is an age identity (a private key): give its recipient, from `age-keygen -y FILE`".into(),
+                "this is an age identity (a private key): give its recipient, from `age-keygen -y FILE`",
             ));
         }
         if t.contains("PRIVATE KEY-----") {
             return Err(bad(
-                "this is a private key: give the public key, from `openssl pkey -in FILE -pubout`"
-                    .into(),
+                "this is a private key: give the public key, from `openssl pkey -in FILE -pubout`",
             ));
         }
-        if t.starts_with("age1") {
-            wrap::Recipient::age(t).map_err(|e| bad(e.to_string()))?;
-            return Ok(Recipient::AgeRecipient(t.to_string()));
+        if t.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(bad(
+                "this is an X.509 certificate, not a public key: extract its key with `openssl \
+                 x509 -in cert.pem -pubkey -noout > partner.pub.pem` and give that file",
+            ));
+        }
+        if t.contains("-----BEGIN RSA PUBLIC KEY-----") {
+            return Err(bad(
+                "this is an RSA public key in PKCS#1 form: convert it with `openssl rsa \
+                 -RSAPublicKey_in -in FILE -pubout -out partner.pub.pem` and give that file",
+            ));
+        }
+        if !t.starts_with("-----BEGIN") {
+            return age_recipient(t).map_err(|why| bad(&why));
         }
     }
-    RsaRecipient::parse(bytes).map_err(|e| bad(e.to_string()))?;
+    RsaRecipient::parse(bytes).map_err(|e| bad(&e.to_string()))?;
     Ok(Recipient::RsaPublicKey(bytes.to_vec()))
 }
 
-/// Reads a `--wrapped` file, sent as is (the server checks its shape).
+/// The one recipient of an age recipients file, as `age-keygen -y` writes it or a person
+/// edits it: `#` comment lines and blank lines are skipped.
+fn age_recipient(text: &str) -> Result<Recipient, String> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    match lines.as_slice() {
+        [] => Err("the file holds only comments: add one age recipient line (age1…)".into()),
+        [one] if one.starts_with("age1") => {
+            wrap::Recipient::age(one).map_err(|e| e.to_string())?;
+            Ok(Recipient::AgeRecipient((*one).to_string()))
+        }
+        [_] => Err(
+            "this is neither an RSA public key (PEM, -----BEGIN PUBLIC KEY-----, from `openssl \
+             pkey -pubout`) nor an age recipient (age1…, from `age-keygen -y`)"
+                .into(),
+        ),
+        many => Err(format!(
+            "the file holds {} recipient lines: one recipient per export; put one in a file of \
+             its own (run the command once per recipient)",
+            many.len()
+        )),
+    }
+}
+
+/// Reads a `--wrapped` file, sent as is (the server checks its shape). Text (base64, hex,
+/// PEM) is refused here: the wrap is raw binary, and a text file would only use up the token.
 fn read_wrapped(path: &Path) -> Result<Vec<u8>, Failure> {
     let blob = std::fs::read(path).map_err(|e| {
         Failure::usage(format!(
@@ -384,13 +467,44 @@ fn read_wrapped(path: &Path) -> Result<Vec<u8>, Failure> {
             path.display()
         ))
     })?;
+    check_wrapped(&blob, &path.display().to_string())?;
+    Ok(blob)
+}
+
+/// A `--wrapped` blob must be non-empty binary. Random binary of hundreds of bytes is never all
+/// printable, so printable text means an encoding was left on.
+fn check_wrapped(blob: &[u8], name: &str) -> Result<(), Failure> {
+    let expect = "--wrapped takes the raw binary wrap (RSA part ‖ AES-KWP part: 384 + 40 = 424 \
+                  bytes for RSA-3072 and 32 bytes of material)";
     if blob.is_empty() {
         return Err(Failure::usage(format!(
-            "{} is empty: expected key material wrapped to the import public key; nothing was sent",
-            path.display()
+            "{name} is empty: {expect}; nothing was sent"
         )));
     }
-    Ok(blob)
+    if !blob
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        return Ok(());
+    }
+    let compact: Vec<u8> = blob
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let what = if compact.starts_with(b"-----BEGIN") {
+        "is PEM text: remove the -----BEGIN/END----- lines and decode the rest with `base64 -d`"
+            .to_string()
+    } else if compact.len().is_multiple_of(2) && compact.iter().all(u8::is_ascii_hexdigit) {
+        format!("is hex text: decode it with `xxd -r -p {name} > wrapped.bin`")
+    } else if B64.decode(&compact).is_ok() {
+        format!("is base64 text: decode it with `base64 -d {name} > wrapped.bin`")
+    } else {
+        "is text".to_string()
+    };
+    Err(Failure::usage(format!(
+        "{name} {what}; {expect}; nothing was sent"
+    )))
 }
 
 /// Reads a `--material` file into a buffer wiped on drop: see [`check_material`].
@@ -412,7 +526,9 @@ fn check_material(material: &[u8], name: &str) -> Result<(), Failure> {
         return Ok(());
     }
     let text = material.trim_ascii();
-    let hint = if text.len() == 2 * MATERIAL_LEN && text.iter().all(u8::is_ascii_hexdigit) {
+    let hint = if material.len() == MATERIAL_LEN + 1 && material.ends_with(b"\n") {
+        " and ends with a newline: write the raw 32 bytes (e.g. `head -c 32`)"
+    } else if text.len() == 2 * MATERIAL_LEN && text.iter().all(u8::is_ascii_hexdigit) {
         " (it looks like hex text: convert it with `xxd -r -p`)"
     } else if text.len() == 44 && B64.decode(text).is_ok_and(|b| b.len() == MATERIAL_LEN) {
         " (it looks like base64 text: convert it with `base64 -d`)"
@@ -461,15 +577,25 @@ mod tests {
             identity.to_public(),
             age::secrecy::ExposeSecret::expose_secret(&secret)
         );
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 9] = [
             (identity_file.as_bytes(), "age identity"),
             (
                 b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
                 "private key",
             ),
             (b"age1notarecipient", "age X25519 recipient"),
-            (b"hello", "not an RSA public key"),
-            (b"", "not an RSA public key"),
+            (b"hello", "neither an RSA public key"),
+            (b"", "the file is empty"),
+            (b" \n\n", "the file is empty"),
+            (
+                b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                "openssl x509 -in cert.pem -pubkey -noout > partner.pub.pem",
+            ),
+            (b"# only a comment\n", "only comments"),
+            (
+                b"-----BEGIN RSA PUBLIC KEY-----\nAAAA\n-----END RSA PUBLIC KEY-----\n",
+                "-RSAPublicKey_in",
+            ),
         ];
         for (bytes, want) in cases {
             let e = parse_recipient(bytes, "partner.pem").expect_err("refused");
@@ -481,6 +607,74 @@ mod tests {
             );
             assert!(e.message.contains(want), "{want}: {}", e.message);
             assert!(e.message.ends_with("nothing was sent"), "{}", e.message);
+            for internal in ["InvalidEncoding", "WrongAlgorithm"] {
+                assert!(!e.message.contains(internal), "{}", e.message);
+            }
+        }
+    }
+
+    #[test]
+    fn age_recipients_file_with_comments_has_one_recipient() {
+        let r = age_recipient();
+        let file = format!("# partner ACME, 2026\n\n{r}\n\n# end\n");
+        let got = parse_recipient(file.as_bytes(), "f").expect("one recipient");
+        assert_eq!(got, Recipient::AgeRecipient(r.clone()));
+        let two = format!("# two\n{r}\n{}\n", age_recipient());
+        let e = parse_recipient(two.as_bytes(), "f").expect_err("two");
+        assert_eq!(e.code, 2);
+        assert!(
+            e.message.contains("one recipient per export"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn recipient_given_on_the_command_line_is_named() {
+        let r = age_recipient();
+        let e = read_recipient(Path::new(&r)).expect_err("no such file");
+        assert_eq!(e.code, 2);
+        assert!(
+            e.message
+                .contains("--recipient takes a FILE holding the recipient"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("echo age1… > partner.txt"),
+            "{}",
+            e.message
+        );
+        let e = read_recipient(Path::new("/no/such/partner.pem")).expect_err("missing");
+        assert!(
+            e.message.starts_with("cannot read recipient"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn wrapped_must_be_binary_not_text() {
+        let wk = wrap::WrappingKey::generate().expect("generate");
+        let blob = wk.recipient().expect("r").wrap(&[5u8; 32]).expect("wrap");
+        assert_eq!(blob.len(), 424);
+        assert!(check_wrapped(&blob, "w.bin").is_ok());
+        let b64 = format!("{}\n", B64.encode(&blob));
+        let pem = wrap::pem("WRAPPED KEY", &blob);
+        let hex = format!("{}\n", hex::encode(&blob));
+        let cases: [(&[u8], &str); 5] = [
+            (b64.as_bytes(), "base64 -d w.bin > wrapped.bin"),
+            (pem.as_bytes(), "PEM text"),
+            (hex.as_bytes(), "xxd -r -p"),
+            (b"hello world\n", "is text"),
+            (b"", "is empty"),
+        ];
+        for (bytes, want) in cases {
+            let e = check_wrapped(bytes, "w.bin").expect_err("text refused");
+            assert_eq!(e.code, 2);
+            assert!(e.message.contains(want), "{want}: {}", e.message);
+            assert!(e.message.contains("raw binary"), "{}", e.message);
+            assert!(e.message.ends_with("nothing was sent"), "{}", e.message);
         }
     }
 
@@ -488,6 +682,7 @@ mod tests {
     fn material_must_be_32_raw_bytes() {
         assert!(check_material(&[7; 32], "m").is_ok());
         for len in [0, 31, 33, 64] {
+            // 0xff: never a newline, hex or base64.
             let e = check_material(&vec![0xffu8; len], "m.bin").expect_err("refused");
             assert_eq!(e.code, 2);
             assert!(
@@ -504,6 +699,15 @@ mod tests {
         let b64 = format!("{}\n", B64.encode([1u8; 32]));
         let e = check_material(b64.as_bytes(), "m.b64").expect_err("base64");
         assert!(e.message.contains("looks like base64"), "{}", e.message);
+        let mut newline = vec![9u8; 32];
+        newline.push(b'\n');
+        let e = check_material(&newline, "m.bin").expect_err("newline");
+        assert!(
+            e.message
+                .contains("ends with a newline: write the raw 32 bytes (e.g. `head -c 32`)"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -198,6 +198,100 @@ impl TempOutput {
     }
 }
 
+/// An output file claimed before a request whose result it will hold, so that a bad path is
+/// found before the server acts (and audits), not after.
+///
+/// Without `force`, the destination itself is created exclusively (mode 0600): an existing file
+/// is refused, and the empty file holds the name until [`Reserved::commit`]. With `force`, the
+/// destination is left alone until the commit replaces it; only the folder is checked. Either
+/// way the data goes through a [`TempOutput`], and a reservation dropped without commit (the
+/// request failed) removes what it created.
+pub(crate) struct Reserved {
+    /// Always `Some` until [`Reserved::commit`] takes it.
+    tmp: Option<TempOutput>,
+    dest: PathBuf,
+    /// The empty file created without `force`, removed again unless committed.
+    placeholder: Option<PathBuf>,
+}
+
+impl Reserved {
+    /// Claims `dest`; `flag` names the option in messages (e.g. `--out`).
+    ///
+    /// Returns: the reservation, or a usage failure (exit 2) saying nothing was sent: the
+    /// file exists (give `--force`), is a folder, or cannot be created.
+    pub(crate) fn claim(dest: &Path, flag: &str, force: bool) -> Result<Self, Failure> {
+        if dest.is_dir() {
+            return Err(Failure::usage(format!(
+                "{flag} {} is a folder: give a file name; nothing was sent",
+                dest.display()
+            )));
+        }
+        let placeholder = if force {
+            None
+        } else {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            match opts.open(dest) {
+                Ok(_) => Some(dest.to_path_buf()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(Failure::usage(format!(
+                        "{flag} {} already exists: give another file, or --force to replace it; \
+                         nothing was sent",
+                        dest.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(Failure::usage(format!(
+                        "cannot create {flag} {}: {e}; nothing was sent",
+                        dest.display()
+                    )));
+                }
+            }
+        };
+        match TempOutput::beside(dest) {
+            Ok(tmp) => Ok(Self {
+                tmp: Some(tmp),
+                dest: dest.to_path_buf(),
+                placeholder,
+            }),
+            Err(f) => {
+                if let Some(p) = placeholder {
+                    let _ = std::fs::remove_file(p);
+                }
+                Err(f.hint("; nothing was sent"))
+            }
+        }
+    }
+
+    /// Writes `bytes` and renames them over the destination.
+    pub(crate) fn commit(mut self, bytes: &[u8]) -> Result<(), Failure> {
+        let Some(mut tmp) = self.tmp.take() else {
+            return Err(Failure::usage(format!(
+                "cannot write {}",
+                self.dest.display()
+            )));
+        };
+        tmp.file()
+            .write_all(bytes)
+            .map_err(|e| Failure::usage(format!("cannot write {}: {e}", self.dest.display())))?;
+        tmp.commit()?;
+        // Renamed over: the placeholder is now the result, to keep.
+        self.placeholder = None;
+        Ok(())
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(p) = self.placeholder.take() {
+            // Best effort: the placeholder is empty, and the error was already reported.
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +335,55 @@ mod tests {
         write_to(&Stream::File(dest.clone()), b"hi").expect("write");
         assert_eq!(std::fs::read(&dest).expect("read"), b"hi");
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+
+    #[test]
+    fn reserved_output_refuses_an_existing_file_unless_forced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("out");
+        std::fs::write(&dest, b"old").expect("write");
+        let e = Reserved::claim(&dest, "--out", false)
+            .err()
+            .expect("exists");
+        assert_eq!(e.code, 2);
+        assert!(e.message.contains("already exists"), "{}", e.message);
+        assert!(e.message.contains("--force"), "{}", e.message);
+        assert_eq!(std::fs::read(&dest).expect("read"), b"old");
+        // Forced but not committed (the request failed): the old file stays.
+        drop(Reserved::claim(&dest, "--out", true).expect("forced"));
+        assert_eq!(std::fs::read(&dest).expect("read"), b"old");
+        Reserved::claim(&dest, "--out", true)
+            .expect("forced")
+            .commit(b"new")
+            .expect("commit");
+        assert_eq!(std::fs::read(&dest).expect("read"), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+
+    #[test]
+    fn reserved_output_is_created_before_and_removed_on_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("out");
+        let claim = Reserved::claim(&dest, "--out", false).expect("claim");
+        assert!(dest.exists(), "the name is held before the request");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&dest).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        drop(claim);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+        Reserved::claim(&dest, "--out", false)
+            .expect("claim")
+            .commit(b"data")
+            .expect("commit");
+        assert_eq!(std::fs::read(&dest).expect("read"), b"data");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+        for bad in [dir.path().to_path_buf(), dir.path().join("no/such/dir/f")] {
+            let e = Reserved::claim(&bad, "--out", false).err().expect("bad");
+            assert_eq!(e.code, 2);
+            assert!(e.message.ends_with("nothing was sent"), "{}", e.message);
+        }
     }
 }
