@@ -492,3 +492,116 @@ fn key_distribution_checks_files_before_connecting() {
     );
     assert!(err.contains("this is a private key"), "stderr:\n{err}");
 }
+
+/// The files of key distribution are checked, and output files claimed, before connecting:
+/// text given as a wrap, a recipient given on the command line, an existing output file.
+#[test]
+fn key_distribution_output_files_are_claimed_before_connecting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    std::fs::write(path("partner.txt"), format!("# ACME\n{recipient}\n")).expect("write");
+    std::fs::write(path("existing.bin"), b"keep me").expect("write");
+    std::fs::write(path("wrapped.b64"), "QUJD".repeat(141) + "\n").expect("write");
+
+    // A base64 wrap: refused with the command that decodes it, nothing sent.
+    let err = fails_with(
+        2,
+        &[
+            "key",
+            "import",
+            "k",
+            "--wrapped",
+            &path("wrapped.b64"),
+            "--token",
+            "t",
+        ],
+    );
+    assert!(err.contains("base64 -d"), "stderr:\n{err}");
+    assert!(!err.contains("KMS_ADDR"), "stderr:\n{err}");
+
+    // The recipient itself instead of its file.
+    let err = fails_with(
+        2,
+        &[
+            "key",
+            "export",
+            "k",
+            "--recipient",
+            &recipient,
+            "--out",
+            &path("x"),
+        ],
+    );
+    assert!(
+        err.contains("--recipient takes a FILE holding the recipient"),
+        "stderr:\n{err}"
+    );
+
+    // Existing output files are never replaced without --force, for all three commands.
+    for args in [
+        vec!["key", "import-params", "k", "--public-key-out"],
+        vec!["key", "export", "k", "--recipient", "RCPT", "--out"],
+        vec![
+            "datakey",
+            "--key",
+            "k",
+            "--recipient",
+            "RCPT",
+            "--recipient-out",
+        ],
+    ] {
+        let rcpt = path("partner.txt");
+        let existing = path("existing.bin");
+        let mut args: Vec<&str> = args
+            .into_iter()
+            .map(|a| if a == "RCPT" { rcpt.as_str() } else { a })
+            .collect();
+        args.push(&existing);
+        let err = fails_with(2, &args);
+        assert!(err.contains("already exists"), "{args:?}:\n{err}");
+        assert!(err.contains("--force"), "{args:?}:\n{err}");
+        assert!(!err.contains("KMS_ADDR"), "{args:?}:\n{err}");
+        // With --force it gets as far as connecting (no settings here): the old file stays.
+        args.push("--force");
+        let err = fails_with(2, &args);
+        assert!(err.contains("KMS_ADDR"), "{args:?}:\n{err}");
+        assert_eq!(std::fs::read(&existing).expect("read"), b"keep me");
+    }
+
+    // A new output file is created before connecting and removed when the request fails.
+    let err = fails_with(
+        2,
+        &[
+            "key",
+            "export",
+            "k",
+            "--recipient",
+            &path("partner.txt"),
+            "--out",
+            &path("new.age"),
+        ],
+    );
+    assert!(err.contains("KMS_ADDR"), "stderr:\n{err}");
+    // A folder that does not exist is named before connecting.
+    let err = fails_with(
+        2,
+        &[
+            "key",
+            "export",
+            "k",
+            "--recipient",
+            &path("partner.txt"),
+            "--out",
+            &path("no-such-dir/new.age"),
+        ],
+    );
+    assert!(err.contains("nothing was sent"), "stderr:\n{err}");
+    assert!(!err.contains("KMS_ADDR"), "stderr:\n{err}");
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["existing.bin", "partner.txt", "wrapped.b64"]);
+}
