@@ -772,10 +772,13 @@ fn check_keys(
                 }
                 assert!(allowed.contains(&state), "{ctx}: state {state:?}");
                 if state == State::Destroyed {
+                    // A revoked version stays revoked through destruction (its material is
+                    // erased all the same): revocation is final.
                     assert!(
-                        k.versions
-                            .iter()
-                            .all(|v| v.state() == pb::VersionState::Destroyed),
+                        k.versions.iter().all(|v| matches!(
+                            v.state(),
+                            pb::VersionState::Destroyed | pb::VersionState::Revoked
+                        )),
                         "{ctx}: destroyed key with a live version: {k:?}"
                     );
                 } else {
