@@ -169,6 +169,10 @@ pub struct VersionMeta {
     /// destroyed version can be restored only with the very same material.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The material was erased with the key (destruction), whatever the state says: a revoked
+    /// version keeps its state through destruction but not its material.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
 }
 
 /// Where a key's material comes from.
@@ -444,6 +448,7 @@ impl KeyMeta {
                 state: VersionState::Enabled,
                 encryptions: 0,
                 fingerprint: None,
+                erased: false,
             }],
             min_decryption_version: 1,
             rotation_period,
@@ -688,6 +693,7 @@ impl KeyMeta {
             ));
         };
         self.versions[i].state = VersionState::Enabled;
+        self.versions[i].erased = false;
         self.state = KeyState::Enabled;
         self.updated = now;
         Ok(self.versions[i].version)
@@ -745,6 +751,7 @@ impl KeyMeta {
             state: VersionState::Enabled,
             encryptions: 0,
             fingerprint,
+            erased: false,
         });
         self.last_rotated = now;
         self.updated = now;
@@ -1028,6 +1035,7 @@ impl KeyMeta {
             if !matches!(v.state, VersionState::Revoked { .. }) {
                 v.state = VersionState::Destroyed { at: now };
             }
+            v.erased = true;
         }
         self.updated = now;
         Ok(())
@@ -1844,6 +1852,8 @@ mod tests {
         assert!(e.to_string().contains("revocation is final"), "{e}");
         assert_eq!(k.restore_version(|_, f| f == "f2", T0 + 4).unwrap(), 2);
         assert!(matches!(k.versions[0].state, VersionState::Revoked { .. }));
+        // Version 1's material went with the destruction; version 2's is back.
+        assert!(k.versions[0].erased && !k.versions[1].erased);
     }
 
     #[test]

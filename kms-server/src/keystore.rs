@@ -1401,7 +1401,9 @@ fn cached_versions(meta: &KeyMeta) -> Vec<u32> {
     }
     meta.versions
         .iter()
-        .filter(|v| !matches!(v.state, kms_core::key::VersionState::Destroyed { .. }))
+        // A revoked version's material stays cached (to authenticate a ciphertext before
+        // saying it is revoked) unless destruction erased it (a restored imported key).
+        .filter(|v| !v.erased && !matches!(v.state, kms_core::key::VersionState::Destroyed { .. }))
         .map(|v| v.version)
         .collect()
 }
