@@ -298,6 +298,27 @@ async fn revoked_imported_material_never_comes_back() {
         ks.get(&name).unwrap().state,
         KeyState::Destroyed { .. }
     ));
+    // Version 2 comes back; the revoked version 1 stays revoked, and its erased material is
+    // not wanted (a reload succeeds and the key serves version 2).
+    assert_eq!(
+        import(&ks, &name, material(2).expose(), none())
+            .await
+            .unwrap(),
+        2
+    );
+    ks.load().await.unwrap();
+    let meta = ks.get(&name).unwrap();
+    assert!(matches!(
+        meta.versions[0].state,
+        VersionState::Revoked { .. }
+    ));
+    let ctx = EncryptionContext::default();
+    let e = ks.encrypt(&name, b"after", &ctx).unwrap();
+    assert_eq!(e.version, 2);
+    assert_eq!(
+        &ks.decrypt(&e.ciphertext, &ctx).unwrap().plaintext[..],
+        b"after"
+    );
 }
 
 /// Export only for keys created exportable, wrapped to the recipient [RègleAcheminementCléCentral-1].
