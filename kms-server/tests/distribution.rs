@@ -6,27 +6,19 @@
 // Test helpers panic on unexpected failure by design.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::Arc;
+
+use common::unsealed_keystore;
 
 use kms_core::Secret32;
 use kms_core::ciphertext::EncryptionContext;
 use kms_core::key::{KeyState, Origin, Purpose, VersionState};
 use kms_core::keyname::KeyName;
 use kms_core::wrap::{Recipient, RsaRecipient, WrappingKey};
-use kms_server::keystore::{KeySettings, Keystore, NewKeyFields, now_unix};
-use kms_server::storage::{Backend, SledBackend};
-use kms_server::{KmsError, Seal};
-
-async fn unsealed_keystore(dir: &std::path::Path) -> (Arc<Seal>, Keystore) {
-    let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(dir).unwrap());
-    let seal = Arc::new(Seal::load(backend).await.unwrap());
-    let shares = seal.init(1, 1).await.unwrap();
-    seal.unseal(&shares.shares[0]).await.unwrap();
-    let keystore = Keystore::new(seal.clone(), KeySettings::default());
-    keystore.load().await.unwrap();
-    (seal, keystore)
-}
+use kms_server::KmsError;
+use kms_server::keystore::{Keystore, NewKeyFields, now_unix};
 
 fn none() -> NewKeyFields {
     NewKeyFields {

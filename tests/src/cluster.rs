@@ -123,3 +123,51 @@ node = "kms-{i}"
 fn file_name(p: &Path) -> String {
     p.file_name().unwrap().to_string_lossy().into_owned()
 }
+
+// ---- waiting on nodes (shared by the cluster tests) ---------------------------------------
+
+/// The gRPC code of a client error (panics on a transport error).
+pub fn code(e: &kms_client::ClientError) -> tonic::Code {
+    match e {
+        kms_client::ClientError::Status(s) => s.code(),
+        other => panic!("expected a gRPC status, got {other}"),
+    }
+}
+
+/// Waits one whole staleness bound, then calls `op`; again while it answers UNAVAILABLE (the
+/// node could not confirm its cache yet). Returns the first other answer: by then the node
+/// must reflect every change acknowledged before the first wait.
+pub async fn after_bound<T, F, Fut>(mut op: F) -> Result<T, kms_client::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kms_client::ClientError>>,
+{
+    // A hang guard only: 600 bounds (5 minutes) of UNAVAILABLE is a failure.
+    for _ in 0..600 {
+        tokio::time::sleep(std::time::Duration::from_millis(MAX_STALENESS_MS + 50)).await;
+        match op().await {
+            Err(e) if code(&e) == tonic::Code::Unavailable => continue,
+            other => return other,
+        }
+    }
+    panic!("the node answered UNAVAILABLE for 600 staleness bounds");
+}
+
+/// Calls `op` at once, and again while it answers UNAVAILABLE (a node failing closed on an
+/// overloaded machine); returns the first other answer.
+pub async fn unless_unavailable<T, F, Fut>(mut op: F) -> Result<T, kms_client::ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kms_client::ClientError>>,
+{
+    // A hang guard only.
+    for _ in 0..3000 {
+        match op().await {
+            Err(e) if code(&e) == tonic::Code::Unavailable => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+    panic!("the node answered UNAVAILABLE for 300 s");
+}

@@ -12,21 +12,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kms_client::proto as pb;
 use kms_client::{Client, ClientError};
-use kms_tests::cluster::{Cluster, MAX_STALENESS_MS};
+use kms_tests::cluster::{Cluster, MAX_STALENESS_MS, after_bound, code, unless_unavailable};
 use tonic::Code;
-
-fn code(e: &ClientError) -> Code {
-    match e {
-        ClientError::Status(s) => s.code(),
-        other => panic!("expected a gRPC status, got {other}"),
-    }
-}
 
 fn ctx() -> HashMap<String, String> {
     HashMap::from([("tenant".to_string(), "acme".to_string())])
@@ -42,44 +34,6 @@ async fn create(c: &Client, name: &str) -> Result<pb::Key, ClientError> {
         ..Default::default()
     };
     c.call(c.key_admin().create_key(req)).await
-}
-
-/// Waits one whole staleness bound, then calls `op`; again while it answers UNAVAILABLE (the
-/// node could not confirm its cache yet). Returns the first other answer: by then the node
-/// must reflect every change acknowledged before the first wait.
-async fn after_bound<T, F, Fut>(mut op: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    // A hang guard only: 600 bounds (5 minutes) of UNAVAILABLE is a failure.
-    for _ in 0..600 {
-        tokio::time::sleep(Duration::from_millis(MAX_STALENESS_MS + 50)).await;
-        match op().await {
-            Err(e) if code(&e) == Code::Unavailable => continue,
-            other => return other,
-        }
-    }
-    panic!("the node answered UNAVAILABLE for 600 staleness bounds");
-}
-
-/// Calls `op` at once, and again while it answers UNAVAILABLE (a node failing closed on an
-/// overloaded machine); returns the first other answer.
-async fn unless_unavailable<T, F, Fut>(mut op: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    // A hang guard only.
-    for _ in 0..3000 {
-        match op().await {
-            Err(e) if code(&e) == Code::Unavailable => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => return other,
-        }
-    }
-    panic!("the node answered UNAVAILABLE for 300 s");
 }
 
 /// Rotate, disable, enable, revoke, a barrier rotation and a policy reload made on node A are

@@ -13,7 +13,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::Duration;
 
 use kms_client::proto as pb;
@@ -21,15 +20,8 @@ use kms_client::{Client, ClientError};
 use kms_core::Secret32;
 use kms_core::ciphertext::{self, EncryptionContext};
 use kms_core::wrap::{RsaRecipient, WrappingKey};
-use kms_tests::cluster::{Cluster, MAX_STALENESS_MS};
+use kms_tests::cluster::{Cluster, after_bound, code, unless_unavailable};
 use tonic::Code;
-
-fn code(e: &ClientError) -> Code {
-    match e {
-        ClientError::Status(s) => s.code(),
-        other => panic!("expected a gRPC status, got {other}"),
-    }
-}
 
 fn message(e: &ClientError) -> String {
     match e {
@@ -55,44 +47,6 @@ fn fresh_material() -> [u8; 32] {
 
 fn secret(bytes: &[u8]) -> Secret32 {
     Secret32::from_slice(bytes).unwrap()
-}
-
-/// Waits one whole staleness bound, then calls `op`; again while it answers UNAVAILABLE (the
-/// node could not confirm its cache yet). Returns the first other answer: by then the node
-/// must reflect every change acknowledged before the first wait.
-async fn after_bound<T, F, Fut>(mut op: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    // A hang guard only: 600 bounds (5 minutes) of UNAVAILABLE is a failure.
-    for _ in 0..600 {
-        tokio::time::sleep(Duration::from_millis(MAX_STALENESS_MS + 50)).await;
-        match op().await {
-            Err(e) if code(&e) == Code::Unavailable => continue,
-            other => return other,
-        }
-    }
-    panic!("the node answered UNAVAILABLE for 600 staleness bounds");
-}
-
-/// Calls `op` at once, and again while it answers UNAVAILABLE (a node failing closed on an
-/// overloaded machine); returns the first other answer.
-async fn unless_unavailable<T, F, Fut>(mut op: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    // A hang guard only.
-    for _ in 0..3000 {
-        match op().await {
-            Err(e) if code(&e) == Code::Unavailable => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            other => return other,
-        }
-    }
-    panic!("the node answered UNAVAILABLE for 300 s");
 }
 
 async fn get(c: &Client, name: &str) -> Result<pb::Key, ClientError> {
