@@ -468,3 +468,22 @@ pub async fn recover_offline(
         keyring,
     }
 }
+
+/// Decodes RFC 4648 base32 (upper case, no padding), as MFA enrolment returns the TOTP secret.
+pub fn base32_decode(s: &str) -> Vec<u8> {
+    let (mut buf, mut bits, mut out) = (0u32, 0u32, Vec::new());
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => panic!("bad base32"),
+        };
+        buf = (buf << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            out.push((buf >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}

@@ -16,7 +16,8 @@ use kms_core::Secret32;
 use kms_core::ciphertext::{self, EncryptionContext};
 use kms_core::wrap::{RsaRecipient, WrappingKey};
 use kms_tests::{
-    FAST_LIFECYCLE, Installation, Server, bin, cli_json, init, start_unsealed, unseal_with,
+    FAST_LIFECYCLE, Installation, Server, base32_decode, bin, cli_json, init, start_unsealed,
+    unseal_with,
 };
 use tonic::Code;
 
@@ -1406,24 +1407,6 @@ mfa = true
     let recs = records(&inst);
     assert_audited(&recs, "export-key", "mfa/exportable", "PERMISSION_DENIED");
     assert_audited(&recs, "export-key", "mfa/exportable", "OK");
-}
-
-fn base32_decode(s: &str) -> Vec<u8> {
-    let (mut buf, mut bits, mut out) = (0u32, 0u32, Vec::new());
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'2'..=b'7' => c - b'2' + 26,
-            _ => panic!("bad base32"),
-        };
-        buf = (buf << 5) | u32::from(v);
-        bits += 5;
-        if bits >= 8 {
-            out.push((buf >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    out
 }
 
 /// Every form in which `secret` could be written to a log: raw, hex (both cases), base64

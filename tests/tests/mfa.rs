@@ -5,26 +5,8 @@
 
 use kms_client::proto as pb;
 use kms_client::{Client, ClientError};
-use kms_tests::{Installation, MFA_POLICY, start_unsealed};
+use kms_tests::{Installation, MFA_POLICY, base32_decode, start_unsealed};
 use tonic::Code;
-
-fn base32_decode(s: &str) -> Vec<u8> {
-    let (mut buf, mut bits, mut out) = (0u32, 0u32, Vec::new());
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'2'..=b'7' => c - b'2' + 26,
-            _ => panic!("bad base32"),
-        };
-        buf = (buf << 5) | u32::from(v);
-        bits += 5;
-        if bits >= 8 {
-            out.push((buf >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    out
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now()
