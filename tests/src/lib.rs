@@ -167,6 +167,38 @@ path = "data"
             self.pki.client("client"),
         )
     }
+
+    /// Starts the server as [`Installation::start`] does, at debug level with JSON logs
+    /// (`KMS_LOG=debug`, `--log-format json`): more lines, more chances for a secret to slip
+    /// into one. Its stderr goes to `server.log`.
+    pub fn start_debug_json(&self) -> Server {
+        Server::spawn(
+            Command::new(bin("kms-server"))
+                .env("KMS_LOG", "debug")
+                .env_remove("KMS_LOG_FORMAT")
+                .args(["--log-format", "json", "--config"])
+                .arg(self.root.path().join("config.toml")),
+            &self.root.path().join("server.log"),
+            self.pki.ca(),
+            self.pki.client("client"),
+        )
+    }
+}
+
+/// The gRPC status of a failed call (panics on a transport error).
+pub fn status(e: kms_client::ClientError) -> tonic::Status {
+    match e {
+        kms_client::ClientError::Status(s) => s,
+        other => panic!("expected a gRPC status, got {other}"),
+    }
+}
+
+/// An encryption context from `(key, value)` pairs.
+pub fn ctx(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// A running server process. Killed (SIGKILL) on drop.

@@ -6,17 +6,16 @@
 // Test helpers panic on unexpected failure by design.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kms_client::Client;
 use kms_client::proto as pb;
-use kms_client::{Client, ClientError};
 use kms_core::Secret32;
 use kms_core::ciphertext::{self, EncryptionContext};
 use kms_core::wrap::{RsaRecipient, WrappingKey};
 use kms_tests::{
-    FAST_LIFECYCLE, Installation, Server, base32_decode, bin, cli_json, init, start_unsealed,
+    FAST_LIFECYCLE, Installation, base32_decode, cli_json, ctx, init, start_unsealed, status,
     unseal_with,
 };
 use tonic::Code;
@@ -32,20 +31,6 @@ const OAEP: [&str; 6] = [
     "-pkeyopt",
     "rsa_mgf1_md:sha256",
 ];
-
-fn status(e: ClientError) -> tonic::Status {
-    match e {
-        ClientError::Status(s) => s,
-        other => panic!("expected a gRPC status, got {other}"),
-    }
-}
-
-fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn p(path: &Path) -> String {
     path.display().to_string()
@@ -1480,21 +1465,6 @@ fn assert_absent(haystack: &[u8], file: &str, what: &str, secret: &[u8]) {
     }
 }
 
-/// Starts `kms-server` at debug level with JSON logs (as logging.rs does), stderr to
-/// `server.log`.
-fn start_debug(inst: &Installation) -> Server {
-    Server::spawn(
-        Command::new(bin("kms-server"))
-            .env("KMS_LOG", "debug")
-            .env_remove("KMS_LOG_FORMAT")
-            .args(["--log-format", "json", "--config"])
-            .arg(inst.root.path().join("config.toml")),
-        &inst.root.path().join("server.log"),
-        inst.pki.ca(),
-        inst.pki.client("client"),
-    )
-}
-
 /// Imports (openssl-wrapped with a known KEK, and a refused one), exports (to openssl and age
 /// recipients) and a data key to a recipient, run at debug level: neither the material, the
 /// KEKs, the data key, the import tokens nor the wrapped blobs appear in the server log or the
@@ -1503,7 +1473,7 @@ fn start_debug(inst: &Installation) -> Server {
 #[tokio::test]
 async fn no_key_material_token_or_wrap_in_logs() {
     let inst = Installation::new();
-    let server = start_debug(&inst);
+    let server = inst.start_debug_json();
     let shares = init(&server, 1, 1).await;
     unseal_with(&server, &shares, &[1]).await;
     let c = server.client().await;

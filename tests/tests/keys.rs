@@ -7,22 +7,8 @@ use std::collections::HashMap;
 
 use kms_client::proto as pb;
 use kms_client::{Client, ClientError};
-use kms_tests::{FAST_LIFECYCLE, Installation, start_unsealed};
+use kms_tests::{FAST_LIFECYCLE, Installation, ctx, start_unsealed, status};
 use tonic::Code;
-
-fn status(e: ClientError) -> tonic::Status {
-    match e {
-        ClientError::Status(s) => s,
-        other => panic!("expected a gRPC status, got {other}"),
-    }
-}
-
-fn ctx(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 async fn create(c: &Client, name: &str) -> pb::Key {
     let req = pb::CreateKeyRequest {

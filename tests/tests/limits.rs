@@ -12,9 +12,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kms_client::Client;
 use kms_client::proto as pb;
-use kms_client::{Client, ClientError};
-use kms_tests::{Installation, Server, bin, start_unsealed};
+use kms_tests::{Installation, Server, bin, start_unsealed, status};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,13 +23,6 @@ use tonic::Code;
 
 /// Upper bound for an event that should come within a few seconds; generous for a loaded CI.
 const EVENT_BOUND: Duration = Duration::from_secs(30);
-
-fn status(e: ClientError) -> tonic::Status {
-    match e {
-        ClientError::Status(s) => s,
-        other => panic!("expected a gRPC status, got {other}"),
-    }
-}
 
 async fn unsealed(config: &str) -> (Installation, Server) {
     let inst = Installation::with_config(config);

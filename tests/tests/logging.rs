@@ -10,22 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use kms_client::proto as pb;
-use kms_tests::{Installation, Server, bin, init, unseal_with};
-
-/// Starts `kms-server --log-format json --config` on `inst` with `KMS_LOG=debug` (more lines,
-/// more chances for a secret to slip into one), stderr to `server.log`.
-fn start_json(inst: &Installation) -> Server {
-    Server::spawn(
-        Command::new(bin("kms-server"))
-            .env("KMS_LOG", "debug")
-            .env_remove("KMS_LOG_FORMAT")
-            .args(["--log-format", "json", "--config"])
-            .arg(inst.root.path().join("config.toml")),
-        &inst.root.path().join("server.log"),
-        inst.pki.ca(),
-        inst.pki.client("client"),
-    )
-}
+use kms_tests::{Installation, bin, init, unseal_with};
 
 /// The server's log, a JSON object per line; panics naming the first line that is not one, or
 /// lacks `timestamp`, `level`, `target` or `message`.
@@ -98,12 +83,12 @@ fn assert_absent(log: &[u8], what: &str, secret: &[u8]) {
 #[tokio::test]
 async fn json_log_of_a_real_run_holds_no_secret() {
     let inst = Installation::new();
-    let server = start_json(&inst);
+    let server = inst.start_debug_json();
     let share = init(&server, 1, 1).await.remove(0);
     unseal_with(&server, std::slice::from_ref(&share), &[1]).await;
     // Restarted: it comes back sealed, and the known share unseals it again.
     drop(server);
-    let server = start_json(&inst);
+    let server = inst.start_debug_json();
     unseal_with(&server, std::slice::from_ref(&share), &[1]).await;
 
     let c = server.client().await;
@@ -187,7 +172,7 @@ async fn json_log_of_a_real_run_holds_no_secret() {
 #[tokio::test]
 async fn request_log_lines_carry_the_audit_request_id() {
     let inst = Installation::new();
-    let server = start_json(&inst);
+    let server = inst.start_debug_json();
     let share = init(&server, 1, 1).await.remove(0);
     unseal_with(&server, &[share], &[1]).await;
     let c = server.client().await;
