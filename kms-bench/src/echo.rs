@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 /// kms-server's own TLS code: `server_config` (TLS 1.3, ring, client certificate required,
 /// ALPN h2) and `incoming` (per-connection handshake tasks, `TCP_NODELAY` on each socket, the
 /// principal named once per connection), so the echo figure is a fair transport floor.
-use kms_server::tls;
+use kms_server::transport::tls;
 
 /// Where the echo server listens and which certificates it uses.
 #[derive(clap::Args)]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::TcpListener;
 
-use crate::pki::{self, ClientSpec};
+use crate::transport::pki::{self, ClientSpec};
 use crate::{Config, StorageConfig, TlsConfig};
 
 /// The example roles of `policies/`, each with its own client certificate.
@@ -31,7 +31,7 @@ const EXAMPLE_POLICIES: [(&str, &str); 6] = [
 pub struct Options {
     /// False: record nothing (to measure what the audit costs).
     pub audit: bool,
-    pub audit_sync: crate::audit_sink::SyncPolicy,
+    pub audit_sync: crate::audit::SyncPolicy,
     /// Ship the audit log to this collector, which must present the dev server certificate.
     pub ship_to: Option<String>,
 }
@@ -73,7 +73,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, options: Options) -> Resul
         std::fs::create_dir_all(&policies)
             .map_err(|e| format!("cannot create {}: {e}", policies.display()))?;
         for (name, text) in EXAMPLE_POLICIES {
-            pki::write_file(&policies.join(name), text.as_bytes(), 0o644)?;
+            crate::storage::write_file(&policies.join(name), text.as_bytes(), 0o644)?;
         }
     }
     let authz = std::sync::Arc::new(crate::Authz::load(&policies)?);
@@ -90,11 +90,11 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, options: Options) -> Resul
             path: data_dir.join("data"),
         },
         policies,
-        audit: crate::config::AuditConfig {
+        audit: crate::audit::AuditConfig {
             path: data_dir.join("audit.log"),
             node: "dev".into(),
             sync: options.audit_sync,
-            ship: options.ship_to.map(|addr| crate::audit_ship::ShipConfig {
+            ship: options.ship_to.map(|addr| crate::audit::ship::ShipConfig {
                 addr,
                 server_name: "localhost".into(),
                 ca: tls_dir.join("ca.pem"),
@@ -125,7 +125,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, options: Options) -> Resul
     if !seal.status().await.initialized {
         let new = seal.init(1, 1).await.map_err(|e| e.to_string())?;
         let share = new.shares.first().ok_or("init returned no share")?;
-        pki::write_file(&share_path, share.as_bytes(), 0o600)?;
+        crate::storage::write_file(&share_path, share.as_bytes(), 0o600)?;
     }
     let share = zeroize::Zeroizing::new(std::fs::read_to_string(&share_path).map_err(|e| {
         format!(
@@ -145,7 +145,7 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, options: Options) -> Resul
     let client = pki::files(&tls_dir, "client");
     let env = env_text(addr, &tls_dir.join("ca.pem"), &client.cert, &client.key);
     let env_path = data_dir.join("env");
-    pki::write_file(&env_path, env.as_bytes(), 0o644)?;
+    crate::storage::write_file(&env_path, env.as_bytes(), 0o644)?;
     println!(
         "kms-server DEV MODE: unsealed, single share in {} (never do this in production)",
         share_path.display()

@@ -8,36 +8,31 @@
 
 #![forbid(unsafe_code)]
 
-pub mod audit_ship;
-pub mod audit_sink;
-mod authz;
+pub mod access;
+mod api;
+pub mod audit;
 pub mod backup;
+mod call;
 mod config;
-mod deadline;
 pub mod dev;
 mod error;
-pub mod harden;
-mod keys_service;
 pub mod keystore;
-pub mod logging;
-pub mod metrics;
-pub mod mfa;
-pub mod pki;
-pub mod principal;
+pub mod ops;
 mod seal;
-mod service;
 pub mod storage;
-pub mod tls;
+pub mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-pub use authz::Authz;
-pub use config::{AuditConfig, Config, LimitsConfig, StorageConfig, TlsConfig};
+pub use access::authz::Authz;
+pub use audit::AuditConfig;
+pub use config::{Config, StorageConfig, TlsConfig};
 pub use error::KmsError;
 pub use seal::Seal;
+pub use transport::LimitsConfig;
 
 /// How long open connections may take to finish once shutdown starts.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -45,7 +40,7 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5
 /// Reads the TLS files named in the configuration and builds the mTLS server configuration
 /// (TLS 1.3 only, client certificate required). Errors name the file at fault.
 pub fn load_tls(config: &Config) -> Result<rustls::ServerConfig, String> {
-    tls::server_config(
+    transport::tls::server_config(
         &config.tls.cert,
         &config.tls.key,
         &config.tls.client_ca,
@@ -55,11 +50,11 @@ pub fn load_tls(config: &Config) -> Result<rustls::ServerConfig, String> {
 
 /// Opens the configured audit log (before anything is served: a log that cannot be opened
 /// stops the server).
-pub fn open_audit(config: &Config) -> Result<Arc<audit_sink::AuditSink>, String> {
+pub fn open_audit(config: &Config) -> Result<Arc<audit::AuditSink>, String> {
     if let Some(ship) = &config.audit.ship {
-        audit_ship::check(ship)?;
+        audit::ship::check(ship)?;
     }
-    audit_sink::AuditSink::open(&config.audit).map(Arc::new)
+    audit::AuditSink::open(&config.audit).map(Arc::new)
 }
 
 /// Opens the configured storage and loads the seal configuration (sealed).
@@ -95,7 +90,7 @@ pub async fn serve(
     tls: rustls::ServerConfig,
     config: &Config,
     authz: Arc<Authz>,
-    sink: Arc<audit_sink::AuditSink>,
+    sink: Arc<audit::AuditSink>,
     seal: Arc<Seal>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
@@ -126,7 +121,7 @@ pub async fn serve(
         None
     };
     sink.attach_keystore(keystore.clone());
-    let mfa = Arc::new(mfa::Mfa::new(seal.clone()));
+    let mfa = Arc::new(access::mfa::Mfa::new(seal.clone()));
     authz.attach_mfa(mfa.clone());
     if !seal.status().await.sealed {
         keystore
@@ -138,15 +133,15 @@ pub async fn serve(
             .map_err(|e| format!("cannot load MFA enrolments: {e}"))?;
     }
     // --- metrics (docs/metrics.md): its own plain-HTTP listener, and a layer counting calls.
-    let request_metrics = metrics::Metrics::new();
-    let metrics_server = metrics::bind(&config.metrics).await?.map(|l| {
-        let sources = Arc::new(metrics::Sources {
+    let request_metrics = ops::metrics::Metrics::new();
+    let metrics_server = ops::metrics::bind(&config.metrics).await?.map(|l| {
+        let sources = Arc::new(ops::metrics::Sources {
             metrics: request_metrics.clone(),
             seal: seal.clone(),
             keystore: keystore.clone(),
             audit: sink.clone(),
         });
-        tokio::spawn(metrics::serve(l, sources))
+        tokio::spawn(ops::metrics::serve(l, sources))
     });
     // --- end metrics
     let reloader = tokio::spawn(reload_on_sighup(authz.clone()));
@@ -155,7 +150,7 @@ pub async fn serve(
         .audit
         .ship
         .clone()
-        .map(|s| tokio::spawn(audit_ship::run(s, config.audit.path.clone())));
+        .map(|s| tokio::spawn(audit::ship::run(s, config.audit.path.clone())));
     let scheduler = tokio::spawn(run_scheduler(
         keystore.clone(),
         std::time::Duration::from_secs(config.keys.scheduler_interval_secs.max(1)),
@@ -163,7 +158,7 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     // Health changes are published by the Operator service before it answers, so a client that
     // saw "unsealed" never then reads a stale NOT_SERVING.
-    service::publish_health(&health, seal.status().await.sealed).await;
+    api::operator::publish_health(&health, seal.status().await.sealed).await;
     let follower = seal.backend().shared().then(|| {
         tokio::spawn(follow_store(
             keystore.clone(),
@@ -190,7 +185,7 @@ pub async fn serve(
     let limits = &config.limits;
     let max_message = limits.max_message_bytes;
     let operator =
-        kms_proto::v1::operator_server::OperatorServer::new(service::OperatorService::new(
+        kms_proto::v1::operator_server::OperatorServer::new(api::operator::OperatorService::new(
             seal.clone(),
             keystore.clone(),
             mfa.clone(),
@@ -211,23 +206,25 @@ pub async fn serve(
         .http2_keepalive_interval(Some(limits.keepalive_interval()))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
         // Outermost, so it sees what the client sees (deadline and audit refusals included).
-        .layer(metrics::MetricsLayer::new(request_metrics))
+        .layer(ops::metrics::MetricsLayer::new(request_metrics))
         // Outside the audit layer, as a client's RST_STREAM is: see deadline.rs.
-        .layer(deadline::DeadlineLayer::new(limits.request_timeout()))
-        .layer(audit_sink::AuditLayer::new(sink.clone()))
+        .layer(transport::deadline::DeadlineLayer::new(
+            limits.request_timeout(),
+        ))
+        .layer(audit::AuditLayer::new(sink.clone()))
         .add_service(health_service.max_decoding_message_size(max_message))
         .add_service(reflection_v1.max_decoding_message_size(max_message))
         .add_service(reflection_v1alpha.max_decoding_message_size(max_message))
         .add_service(operator)
         .add_service(
-            kms_proto::v1::key_admin_server::KeyAdminServer::new(keys_service::KeysService::new(
+            kms_proto::v1::key_admin_server::KeyAdminServer::new(api::KeysService::new(
                 keystore.clone(),
                 authz.clone(),
             ))
             .max_decoding_message_size(max_message),
         )
         .add_service(
-            kms_proto::v1::audit_server::AuditServer::new(audit_sink::AuditService::new(
+            kms_proto::v1::audit_server::AuditServer::new(api::audit::AuditService::new(
                 sink.clone(),
                 seal.clone(),
                 authz.clone(),
@@ -235,24 +232,24 @@ pub async fn serve(
             .max_decoding_message_size(max_message),
         )
         .add_service(
-            kms_proto::v1::mfa_server::MfaServer::new(mfa::MfaService::new(mfa.clone()))
+            kms_proto::v1::mfa_server::MfaServer::new(api::mfa::MfaService::new(mfa.clone()))
                 .max_decoding_message_size(max_message),
         )
         .add_service(
-            kms_proto::v1::policy_server::PolicyServer::new(authz::PolicyService::new(
+            kms_proto::v1::policy_server::PolicyServer::new(api::policy::PolicyService::new(
                 authz.clone(),
                 seal.clone(),
             ))
             .max_decoding_message_size(max_message),
         )
         .add_service(
-            kms_proto::v1::crypto_server::CryptoServer::new(keys_service::KeysService::new(
+            kms_proto::v1::crypto_server::CryptoServer::new(api::KeysService::new(
                 keystore.clone(),
                 authz.clone(),
             ))
             .max_decoding_message_size(max_message),
         )
-        .serve_with_incoming_shutdown(tls::incoming_with(listener, tls, limits), signal);
+        .serve_with_incoming_shutdown(transport::tls::incoming_with(listener, tls, limits), signal);
     let grace = async {
         match stopping_rx.await {
             Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
@@ -309,7 +306,7 @@ async fn reload_on_sighup(authz: Arc<Authz>) {
 async fn follow_store(
     keystore: Arc<keystore::Keystore>,
     seal: Arc<Seal>,
-    mfa: Arc<mfa::Mfa>,
+    mfa: Arc<access::mfa::Mfa>,
     authz: Arc<Authz>,
     health: tonic_health::server::HealthReporter,
     staleness: std::time::Duration,
@@ -327,14 +324,14 @@ async fn follow_store(
                 tracing::error!(error = %e, "cannot follow the changes of other nodes; this node refuses key use until it can (UNAVAILABLE)");
                 failing = true;
                 // Load balancers route around it meanwhile.
-                service::publish_health(&health, true).await;
+                api::operator::publish_health(&health, true).await;
             }
             continue;
         }
         if failing {
             tracing::warn!("following the changes of other nodes again; serving");
             failing = false;
-            service::publish_health(&health, seal.status().await.sealed).await;
+            api::operator::publish_health(&health, seal.status().await.sealed).await;
         }
         for path in keystore.take_other_changes() {
             if path == seal::SEAL_PATH {
@@ -342,9 +339,9 @@ async fn follow_store(
                 if seal.status().await.sealed {
                     keystore.clear();
                     mfa.clear();
-                    service::publish_health(&health, true).await;
+                    api::operator::publish_health(&health, true).await;
                 }
-            } else if path == authz::POLICY_RELOAD_PATH {
+            } else if path == access::authz::POLICY_RELOAD_PATH {
                 match authz.reload() {
                     Ok(rules) => tracing::info!(rules, "policies reloaded (asked on another node)"),
                     Err(e) => {
@@ -364,7 +361,7 @@ async fn follow_store(
 }
 
 /// Seals the audit chain's head into storage every 10 s while unsealed.
-async fn seal_audit_head(sink: Arc<audit_sink::AuditSink>, seal: Arc<Seal>) {
+async fn seal_audit_head(sink: Arc<audit::AuditSink>, seal: Arc<Seal>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -21,8 +21,8 @@ struct Args {
     /// Log format on stderr: human (text) or json (one object per line). Default: human when
     /// stderr is a terminal, json otherwise. The filter is KMS_LOG (default info); see
     /// docs/logging.md.
-    #[arg(long, global = true, value_name = "FORMAT", value_enum, env = kms_server::logging::FORMAT_ENV)]
-    log_format: Option<kms_server::logging::LogFormat>,
+    #[arg(long, global = true, value_name = "FORMAT", value_enum, env = kms_server::ops::logging::FORMAT_ENV)]
+    log_format: Option<kms_server::ops::logging::LogFormat>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -50,7 +50,7 @@ enum Command {
         /// Which calls wait for their audit record to be fsynced (see `[audit] sync` in
         /// config.example.toml).
         #[arg(long, value_name = "POLICY", value_enum, default_value_t)]
-        audit_sync: kms_server::audit_sink::SyncPolicy,
+        audit_sync: kms_server::audit::SyncPolicy,
         /// Also ship the audit log to a collector at ADDR (newline-delimited JSON over TLS;
         /// its certificate must be the dev server certificate, e.g. `kms-bench collector`).
         #[arg(long, value_name = "ADDR")]
@@ -77,9 +77,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    kms_server::logging::init(args.log_format);
+    kms_server::ops::logging::init(args.log_format);
     // Before any secret is read or derived.
-    kms_server::harden::apply();
+    kms_server::ops::harden::apply();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use kms_client::{Client, ConnectOptions};
-use kms_server::pki::{self, ClientSpec};
+use kms_server::transport::pki::{self, ClientSpec};
 use rustls_pki_types::pem::PemObject;
 
 /// Path of a workspace binary. `cargo test --workspace` builds them next to the test's `deps/`.

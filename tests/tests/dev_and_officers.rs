@@ -15,7 +15,7 @@ fn start_dev(dir: &std::path::Path) -> Server {
             .arg(dir),
         &dir.with_extension("log"),
         tls.join("ca.pem"),
-        kms_server::pki::files(&tls, "client"),
+        kms_server::transport::pki::files(&tls, "client"),
     )
 }
 

@@ -10,6 +10,9 @@ pub use self::locks::LocalLocks;
 pub use self::postgres::{PostgresBackend, PostgresConfig, PostgresTls};
 pub use self::sled::SledBackend;
 
+mod files;
+pub(crate) use self::files::write_file;
+
 /// A cluster-wide lock (see [`Backend::lock`]), released when dropped.
 pub struct LockGuard(Box<dyn std::any::Any + Send + Sync>);
 

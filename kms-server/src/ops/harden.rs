@@ -7,6 +7,10 @@ use rustix::process::{
     DumpableBehavior, Resource, Rlimit, getrlimit, set_dumpable_behavior, setrlimit,
 };
 
+/// The log target these lines had before the module moved to `ops/`: operators filter on it
+/// (`KMS_LOG=kms_server::harden=off`) and the startup tests look for it.
+const TARGET: &str = "kms_server::harden";
+
 /// Applies what the OS allows and logs what it does not. Never fails: a server that cannot
 /// lock memory still runs, with a warning saying how to allow it.
 pub fn apply() {
@@ -15,25 +19,23 @@ pub fn apply() {
         maximum: Some(0),
     };
     if let Err(e) = setrlimit(Resource::Core, no_core) {
-        tracing::warn!(error = %e, "cannot disable core dumps");
+        tracing::warn!(target: TARGET, error = %e, "cannot disable core dumps");
     }
     if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
-        tracing::warn!(error = %e, "cannot mark the process non-dumpable");
+        tracing::warn!(target: TARGET, error = %e, "cannot mark the process non-dumpable");
     }
     // Locking future mappings under a finite RLIMIT_MEMLOCK would make allocations fail once
     // the process outgrows it: lock only when the limit cannot bite.
     let unlimited = getrlimit(Resource::Memlock).current.is_none();
     if !unlimited && !has_cap_ipc_lock() {
-        tracing::warn!(
-            "memory not locked: RLIMIT_MEMLOCK is finite and the process lacks CAP_IPC_LOCK (e.g. systemd LimitMEMLOCK=infinity or AmbientCapabilities=CAP_IPC_LOCK); keys may be swapped out"
+        tracing::warn!(target: TARGET, "memory not locked: RLIMIT_MEMLOCK is finite and the process lacks CAP_IPC_LOCK (e.g. systemd LimitMEMLOCK=infinity or AmbientCapabilities=CAP_IPC_LOCK); keys may be swapped out"
         );
         return;
     }
     // ONFAULT: lock pages as they are used, rather than committing every mapping up front.
     match mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT) {
-        Ok(()) => tracing::info!("memory locked: keys are never swapped out"),
-        Err(e) => tracing::warn!(
-            error = %e,
+        Ok(()) => tracing::info!(target: TARGET, "memory locked: keys are never swapped out"),
+        Err(e) => tracing::warn!(target: TARGET, error = %e,
             "cannot lock memory (needs CAP_IPC_LOCK or a large enough RLIMIT_MEMLOCK, e.g. systemd LimitMEMLOCK=infinity): keys may be swapped out"
         ),
     }

@@ -13,44 +13,18 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kms_core::barrier::{Keyring, RootKey};
-use kms_core::shares::{self, Commitments, Share, ShareSetId};
-use serde::{Deserialize, Serialize};
+use kms_core::shares::{self, Share, ShareSetId};
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
 use crate::error::KmsError;
 use crate::storage::{Backend, Expect};
 
+mod record;
+use record::{Config, SEAL_FORMAT, SealRecord, parse_config, read_config};
+
 pub(crate) const SEAL_PATH: &str = "core/seal";
 const INSTALLATION_PATH: &str = "sys/installation";
-const SEAL_FORMAT: u32 = 1;
-
-/// The public seal configuration as stored in `core/seal`.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SealRecord {
-    format: u32,
-    installation_id: String,
-    share_set_id: String,
-    shares: u8,
-    threshold: u8,
-    commitments: String,
-    /// The keyring, encrypted under the root key (hex).
-    keyring: String,
-    created_unix: u64,
-}
-
-/// The parsed seal configuration and the storage version it was read at.
-struct Config {
-    installation_id: Vec<u8>,
-    set_id: ShareSetId,
-    shares: u8,
-    threshold: u8,
-    commitments: Commitments,
-    keyring_blob: Vec<u8>,
-    created_unix: u64,
-    version: u64,
-}
 
 enum State {
     Sealed { submitted: Vec<Share> },
@@ -530,71 +504,4 @@ fn status_of(inner: &Inner) -> SealStatus {
         barrier_term: term,
         barrier_terms: terms,
     }
-}
-
-async fn read_config(backend: &dyn Backend) -> Result<Option<Config>, KmsError> {
-    let raw = match backend.get(SEAL_PATH).await {
-        Ok(Some(raw)) => raw,
-        Ok(None) => {
-            // Not initialised, unless other records exist: then the seal record was lost, and
-            // offering init would let a new installation be written over the old one's records.
-            // A lone marker is what an interrupted init leaves, and init overwrites it.
-            let mut others = backend.list("").await?;
-            others.retain(|p| p.as_str() != INSTALLATION_PATH);
-            if let Some(p) = others.first() {
-                return Err(KmsError::DataLoss(format!(
-                    "the seal configuration ({SEAL_PATH}) is missing but the data directory holds \
-                     {} other record(s), e.g. {p}: it is damaged; restore it from backup",
-                    others.len()
-                )));
-            }
-            return Ok(None);
-        }
-        Err(crate::storage::StorageError::Corrupt(_)) => {
-            return Err(KmsError::DataLoss(format!(
-                "the stored seal configuration ({SEAL_PATH}) is corrupt: the data directory is \
-                 damaged; restore it from backup"
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let record: SealRecord = serde_json::from_slice(&raw.value).map_err(|e| {
-        KmsError::DataLoss(format!(
-            "the stored seal configuration ({SEAL_PATH}) is unreadable ({e}): the data directory \
-             is damaged; restore it from backup"
-        ))
-    })?;
-    parse_config(record, raw.version).map(Some)
-}
-
-fn parse_config(record: SealRecord, version: u64) -> Result<Config, KmsError> {
-    let bad = |what: &str| {
-        KmsError::DataLoss(format!(
-            "the stored seal configuration ({SEAL_PATH}) has a bad {what}: the data directory is \
-             damaged; restore it from backup"
-        ))
-    };
-    if record.format != SEAL_FORMAT {
-        return Err(bad("format version"));
-    }
-    let set = hex::decode(&record.share_set_id).map_err(|_| bad("share set id"))?;
-    let set: [u8; 4] = set.try_into().map_err(|_| bad("share set id"))?;
-    let commitments = hex::decode(&record.commitments)
-        .ok()
-        .and_then(|b| Commitments::from_bytes(&b).ok())
-        .ok_or_else(|| bad("commitments"))?;
-    if commitments.threshold() != record.threshold || record.threshold > record.shares {
-        return Err(bad("threshold"));
-    }
-    Ok(Config {
-        installation_id: hex::decode(&record.installation_id)
-            .map_err(|_| bad("installation id"))?,
-        set_id: ShareSetId(set),
-        shares: record.shares,
-        threshold: record.threshold,
-        commitments,
-        keyring_blob: hex::decode(&record.keyring).map_err(|_| bad("keyring"))?,
-        created_unix: record.created_unix,
-        version,
-    })
 }

@@ -77,15 +77,6 @@ pub fn init(format: Option<LogFormat>) -> LogFormat {
     format
 }
 
-/// The span in which a request runs, so every log line about it carries `request_id`: the
-/// request id of its audit record (`NODE-START-N`), and its operation (e.g. `create-key`).
-///
-/// Level ERROR so the span is enabled whenever any event of this crate is (a span filtered out
-/// would drop the id from the lines inside it); target `kms_server`.
-pub fn request_span(request_id: &str, operation: &str) -> tracing::Span {
-    tracing::error_span!(target: "kms_server", "request", request_id, operation)
-}
-
 /// Formats an event as one flat JSON object: `timestamp` (RFC 3339, UTC), `level`, `target`,
 /// `message` (empty when the event has none, as some dependencies' trace events), the event's
 /// fields, then the fields of its spans, innermost first; a name already present is not

@@ -19,7 +19,7 @@ pub struct Principal {
     /// The TOTP code sent with the request (`x-kms-totp`), for rules that require MFA.
     pub totp: Option<String>,
     /// Where the access check notes the key for the audit record.
-    pub audit: crate::audit_sink::AuditSlot,
+    pub audit: crate::call::AuditSlot,
 }
 
 impl std::fmt::Debug for Principal {
@@ -46,7 +46,7 @@ impl Principal {
 pub fn of<T>(req: &Request<T>) -> Result<Principal, KmsError> {
     let info = req
         .extensions()
-        .get::<crate::tls::Peer>()
+        .get::<crate::call::Peer>()
         .ok_or_else(|| KmsError::Internal("request without TLS connection info".into()))?;
     let name = info.principal.as_deref().ok_or_else(|| {
         KmsError::invalid(
@@ -55,7 +55,7 @@ pub fn of<T>(req: &Request<T>) -> Result<Principal, KmsError> {
     })?;
     let totp = req
         .metadata()
-        .get(crate::mfa::HEADER)
+        .get(crate::access::mfa::HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     Ok(Principal {
@@ -64,7 +64,7 @@ pub fn of<T>(req: &Request<T>) -> Result<Principal, KmsError> {
         totp,
         audit: req
             .extensions()
-            .get::<crate::audit_sink::AuditSlot>()
+            .get::<crate::call::AuditSlot>()
             .cloned()
             .unwrap_or_default(),
     })

@@ -22,6 +22,40 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::body::Body;
 use tonic::codegen::http;
 
+/// The `[metrics]` section: a plain-HTTP Prometheus endpoint (`GET /metrics`) on its own
+/// listener. Metrics carry no secret and no key name, but they show request rates and key
+/// counts: keep the listener on loopback, or behind a firewall.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve metrics at all (default true).
+    pub enabled: bool,
+    /// Address of the metrics listener; port 0 picks a free port. When unset, the server
+    /// tries [`MetricsConfig::DEFAULT_LISTEN`] and, if that is taken, starts without metrics
+    /// (a warning); when set, an address that cannot be bound stops the server.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// 127.0.0.1:9464, the port commonly used by Prometheus exporters of applications.
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+    /// The address to bind.
+    pub fn address(&self) -> SocketAddr {
+        self.listen.unwrap_or(Self::DEFAULT_LISTEN)
+    }
+}
+
 /// Upper bounds (seconds) of the latency histogram's buckets; `+Inf` is implied.
 const BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -134,7 +168,7 @@ impl Metrics {
         let mut rows = Vec::new();
         for (name, method) in &methods {
             for (number, series) in method.codes.iter().enumerate() {
-                let code = crate::audit_sink::code_name(tonic::Code::from_i32(number as i32));
+                let code = crate::audit::code_name(tonic::Code::from_i32(number as i32));
                 let buckets: Vec<u64> = series
                     .buckets
                     .iter()
@@ -204,7 +238,7 @@ pub struct Sources {
     pub metrics: Arc<Metrics>,
     pub seal: Arc<crate::Seal>,
     pub keystore: Arc<crate::keystore::Keystore>,
-    pub audit: Arc<crate::audit_sink::AuditSink>,
+    pub audit: Arc<crate::audit::AuditSink>,
 }
 
 impl Sources {
@@ -405,7 +439,9 @@ fn reply(status: &str, content_type: &str, body: &str) -> String {
 /// Returns: None when metrics are disabled, or when the default address cannot be bound (a
 /// warning, so several servers on one host still start); an error when an address set in
 /// `[metrics] listen` cannot be bound.
-pub async fn bind(config: &crate::config::MetricsConfig) -> Result<Option<TcpListener>, String> {
+pub async fn bind(
+    config: &crate::ops::metrics::MetricsConfig,
+) -> Result<Option<TcpListener>, String> {
     if !config.enabled {
         return Ok(None);
     }
@@ -600,15 +636,15 @@ mod tests {
     /// No `[metrics]` section: served, on loopback, at the default port, best effort.
     #[test]
     fn default_config_is_loopback() {
-        let c: crate::config::MetricsConfig = toml::from_str("").unwrap();
+        let c: crate::ops::metrics::MetricsConfig = toml::from_str("").unwrap();
         assert!(c.enabled);
         assert!(c.listen.is_none());
         assert!(c.address().ip().is_loopback());
         assert_eq!(c.address().port(), 9464);
-        let c: crate::config::MetricsConfig =
+        let c: crate::ops::metrics::MetricsConfig =
             toml::from_str("enabled = false\nlisten = \"127.0.0.1:0\"").unwrap();
         assert!(!c.enabled);
-        assert!(toml::from_str::<crate::config::MetricsConfig>("lisen = \"x\"").is_err());
+        assert!(toml::from_str::<crate::ops::metrics::MetricsConfig>("lisen = \"x\"").is_err());
     }
 
     #[test]

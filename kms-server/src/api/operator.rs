@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use kms_core::policy::Operation as Op;
 
-use crate::authz::Authz;
+use crate::access::authz::Authz;
+use crate::access::mfa::Mfa;
+use crate::access::principal;
 use crate::keystore::Keystore;
-use crate::mfa::Mfa;
-use crate::principal;
 use crate::seal::{NewShares, Seal, SealStatus};
 
 pub struct OperatorService {

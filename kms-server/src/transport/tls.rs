@@ -19,7 +19,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::LimitsConfig;
+use crate::call::Peer;
+use crate::transport::LimitsConfig;
 
 /// At most one "connection limit reached" warning per this period, so a flood of refused
 /// connections cannot flood the log too.
@@ -76,17 +77,6 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("no certificate found in {}", path.display()));
     }
     Ok(certs)
-}
-
-/// Who is on the other end of a connection: named once, after the handshake verified the
-/// client certificate, rather than by parsing the certificate on every request. Requests find
-/// it in their extensions (tonic's connect info).
-#[derive(Clone, Debug)]
-pub struct Peer {
-    /// The principal (see [`crate::principal::name_of`]); None if the certificate names none.
-    pub principal: Option<Arc<str>>,
-    /// The peer's socket address, formatted once (audit records, rate limits).
-    pub addr_text: Arc<str>,
 }
 
 /// A verified mTLS connection and its [`Peer`].
@@ -261,7 +251,7 @@ pub fn incoming_with(
                             .1
                             .peer_certificates()
                             .and_then(|c| c.first())
-                            .and_then(|c| crate::principal::name_of(c.as_ref()).ok())
+                            .and_then(|c| crate::access::principal::name_of(c.as_ref()).ok())
                             .map(Arc::from);
                         let peer = Peer {
                             principal,

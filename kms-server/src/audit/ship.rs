@@ -301,7 +301,7 @@ async fn ship_once(
             ));
         }
     }
-    crate::pki::write_file(&state_path(log), new.last.to_string().as_bytes(), 0o600)?;
+    crate::storage::write_file(&state_path(log), new.last.to_string().as_bytes(), 0o600)?;
     *shipped = new.last;
     *cursor = new.cursor;
     Ok(())

@@ -7,15 +7,15 @@ use std::sync::{Arc, RwLock};
 
 use kms_core::policy::{Decision, Operation, PolicySet, Request};
 
+use crate::access::principal::Principal;
 use crate::error::KmsError;
-use crate::principal::Principal;
 
 /// The policy set in force and where it came from.
 pub struct Authz {
     dir: PathBuf,
     current: RwLock<Arc<PolicySet>>,
     /// Verifies the second factor for `mfa = true` rules (set once the server is built).
-    mfa: std::sync::OnceLock<Arc<crate::mfa::Mfa>>,
+    mfa: std::sync::OnceLock<Arc<crate::access::mfa::Mfa>>,
 }
 
 /// Reads the policies directory (see [`PolicySet::load_dir`]).
@@ -35,7 +35,7 @@ impl Authz {
     }
 
     /// Connects the MFA verifier; until then `mfa = true` rules are refused.
-    pub fn attach_mfa(&self, mfa: Arc<crate::mfa::Mfa>) {
+    pub fn attach_mfa(&self, mfa: Arc<crate::access::mfa::Mfa>) {
         let _ = self.mfa.set(mfa);
     }
 
@@ -116,49 +116,3 @@ impl Authz {
 /// The record a policy reload writes on a shared store, so every node reloads its own policy
 /// directory (deploy the same files to every node first).
 pub(crate) const POLICY_RELOAD_PATH: &str = "sys/policy-reload";
-
-/// The `kms.v1.Policy` gRPC service.
-pub struct PolicyService {
-    authz: Arc<Authz>,
-    seal: Arc<crate::Seal>,
-}
-
-impl PolicyService {
-    pub fn new(authz: Arc<Authz>, seal: Arc<crate::Seal>) -> Self {
-        Self { authz, seal }
-    }
-}
-
-#[tonic::async_trait]
-impl kms_proto::v1::policy_server::Policy for PolicyService {
-    async fn reload(
-        &self,
-        req: tonic::Request<kms_proto::v1::ReloadPoliciesRequest>,
-    ) -> Result<tonic::Response<kms_proto::v1::ReloadPoliciesResponse>, tonic::Status> {
-        let who = crate::principal::of(&req)?;
-        self.authz
-            .check(&who, Operation::PolicyReload, None, &BTreeMap::new())?;
-        let rules = self.authz.reload().map_err(|e| {
-            KmsError::InvalidArgument(format!("{e}; the policies in force are unchanged"))
-        })?;
-        let backend = self.seal.backend();
-        if backend.shared() {
-            // The other nodes see this record change and reload their own directories. Public
-            // (a time), like the seal configuration: nothing secret is stored unsealed.
-            let stamp = crate::keystore::now_unix().to_string().into_bytes();
-            backend
-                .put(POLICY_RELOAD_PATH, stamp, crate::storage::Expect::Any)
-                .await
-                .map_err(|e| {
-                    KmsError::Unavailable(format!(
-                        "policies reloaded on this node only: the other nodes could not be told ({e}); run the reload again"
-                    ))
-                })?;
-        }
-        Ok(tonic::Response::new(
-            kms_proto::v1::ReloadPoliciesResponse {
-                rules: u32::try_from(rules).unwrap_or(u32::MAX),
-            },
-        ))
-    }
-}

@@ -1,9 +1,9 @@
 //! Generation of a small PKI (a CA, a server certificate, client certificates) for dev mode
 //! and tests. Production deployments bring their own certificates.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::storage::write_file;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -120,18 +120,4 @@ fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> Result<(), Strin
     let f = files(dir, name);
     write_file(&f.cert, cert.as_bytes(), 0o644)?;
     write_file(&f.key, key.as_bytes(), 0o600)
-}
-
-/// Writes a file with the given mode and fsyncs it.
-pub(crate) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
