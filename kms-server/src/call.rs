@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 /// it in their extensions (tonic's connect info).
 #[derive(Clone, Debug)]
 pub struct Peer {
-    /// The principal (see [`crate::access::principal::name_of`]); None if the certificate names none.
+    /// The principal (see `access::principal::name_of`); None if the certificate names none.
     pub principal: Option<Arc<str>>,
     /// The peer's socket address, formatted once (audit records, rate limits).
     pub addr_text: Arc<str>,

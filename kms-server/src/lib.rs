@@ -1,10 +1,31 @@
 //! The KMS daemon as a library, so tests and the binary run the same code.
 //!
 //! The public interface is:
-//! - [`Config`]: the TOML configuration file.
-//! - [`start`]: open storage, load the seal and serve on a bound listener until shutdown.
-//! - [`dev`]: dev mode (generated PKI, auto init and unseal).
-//! - [`pki`]: certificate generation used by dev mode and tests.
+//! - [`Config`]: the TOML configuration file; [`Config::load`].
+//! - [`load_tls`], [`open_audit`], [`open_seal`], then [`serve`]: serve on a bound listener
+//!   until shutdown ([`shutdown_signal`]).
+//! - [`dev`]: dev mode (generated PKI, auto init and unseal); [`backup`]: restore a backup.
+//! - [`transport::pki`]: certificate generation used by dev mode and tests.
+//!
+//! The crate is one folder a concern, met by a request in this order:
+//! - [`transport`]: the mTLS listener, connection limits, deadlines, the dev PKI.
+//! - [`audit`]: the layer that records every call, the hash-chained log, shipping.
+//! - `api`: one thin file per gRPC service (crypto, key admin, operator, policy, MFA, audit).
+//! - [`access`]: the principal of a certificate, policy decisions, MFA.
+//! - [`keystore`]: keys and versions; the cache Encrypt and Decrypt read.
+//! - `seal`: init, unseal, rekey, barrier rotation: the root of the hierarchy.
+//! - [`storage`]: the backends (sled, PostgreSQL).
+//! - [`ops`]: metrics, logging, process hardening.
+//!
+//! Imports run one way, with no cycle between folders (`scripts/module-graph.py
+//! kms-server/src --folders` prints the graph): `api` may call `access`, `audit`, `keystore`,
+//! `seal` and `storage`; `transport` calls `access` (to name a certificate's principal) and
+//! `keystore` (key settings bound the message size); `audit` calls `keystore` and `seal` (the
+//! context HMAC key, the sealed head); `access` calls `keystore`, `seal` and `storage`, never
+//! `audit`, `api` or `transport`; `keystore` calls `seal`; `seal` calls `storage`; `storage`
+//! calls nothing. What one call carries across folders (the peer, the audit slot and detail,
+//! its log span) is in `call`, which imports nothing of the crate. `lib.rs`, `config.rs` and
+//! `dev.rs` wire the folders together; `ops` reads the others' state for metrics.
 
 #![forbid(unsafe_code)]
 

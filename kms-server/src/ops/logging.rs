@@ -1,7 +1,7 @@
 //! Diagnostic logs (`tracing`): human text on a terminal, JSON lines otherwise (docs/logging.md).
 //!
-//! These logs are for operators; the audit log (`audit_sink`) is the record of calls. A log
-//! line about a request is meant to run in that request's [`request_span`], so it carries the
+//! These logs are for operators; the audit log (`crate::audit`) is the record of calls. A log
+//! line about a request is meant to run in that request's [`crate::call::request_span`], so it carries the
 //! `request_id` of the request's audit record (docs/logging.md). Nothing logged here or anywhere in the server
 //! may hold a secret (plaintext, data key, share, TOTP code): handlers log names, versions and
 //! outcomes only (tests/tests/logging.rs greps a real run's log for the secrets it used).

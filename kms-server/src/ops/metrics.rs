@@ -72,7 +72,7 @@ const MAX_REQUEST_BYTES: usize = 8 * 1024;
 const MAX_SCRAPES: usize = 4;
 
 /// The gRPC status codes (numbered 0 to 16); their label values are the audit log's names
-/// (`audit_sink::code_name`).
+/// (`audit::code_name`).
 const CODES: usize = 17;
 
 /// One (method, code) series: a latency histogram whose count is the sum of its buckets.

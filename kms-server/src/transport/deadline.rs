@@ -8,7 +8,7 @@
 //!
 //! Init and Rekey are not cut: they return the shares of a new root secret, which exist
 //! nowhere else, and as state changes they run to completion even when their caller is
-//! dropped (see audit_sink). Cut at the deadline, a rekey would commit the new share set and
+//! dropped (see `audit::layer`). Cut at the deadline, a rekey would commit the new share set and
 //! throw its shares away: once sealed, the KMS could never be unsealed again.
 
 use std::future::Future;
@@ -78,7 +78,7 @@ where
             match tokio::time::timeout(limit, call).await {
                 Ok(response) => response,
                 // Dropping the call here is what a client's RST_STREAM does too: a state
-                // change finishes in its own task and is audited; see audit_sink.
+                // change finishes in its own task and is audited; see `audit::layer`.
                 Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
                     "deadline exceeded: the call ran past the server's request timeout \
                      ({limit:?}, [limits] request_timeout_secs)"
