@@ -4,27 +4,28 @@
 //! - [`audit`]: the hash-chained audit log format (records, chain writer, offline verify).
 //! - [`backup`]: the backup file format (every stored record, still sealed, with a checksum).
 //! - [`Secret32`]: 32 secret bytes, zeroized on drop, never printed.
-//! - [`barrier`]: the keyring of barrier keys and the sealing of every stored record.
-//! - [`ciphertext`]: the data-plane ciphertext format (v1), encryption context, seal and open.
+//! - [`barrier`], [`ciphertext`], [`wrap`], [`shares`] (folder `crypto/`, each re-exported
+//!   here under its own name): the barrier keyring and the sealing of every stored record; the
+//!   data-plane ciphertext format (v1), encryption context, seal and open; key material wrapped
+//!   to a public key (import, export); Feldman-verifiable t-of-n splitting of the root secret
+//!   and the share text format.
 //! - [`key`]: key metadata and its lifecycle state machine (pure, time passed in).
 //! - [`keyname`]: key names and key ids, parsed at the edge.
 //! - [`policy`]: access policies (TOML rules, deny by default, separation of duties) and decisions.
-//! - [`shares`]: Feldman-verifiable t-of-n splitting of the root secret and the share text format.
+//! - [`totp`]: the TOTP second factor (RFC 6238).
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod backup;
-pub mod barrier;
-pub mod ciphertext;
+mod crypto;
 pub mod key;
 pub mod keyname;
 pub mod policy;
 mod secret;
-pub mod shares;
 pub mod totp;
-pub mod wrap;
 
+pub use crypto::{barrier, ciphertext, shares, wrap};
 pub use secret::Secret32;
 
 /// A failure of the operating system's random number generator.
