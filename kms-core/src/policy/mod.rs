@@ -1004,15 +1004,24 @@ mod tests {
     }
 
     const EXAMPLES: [(&str, &str); 6] = [
-        ("admin.toml", include_str!("../../policies/admin.toml")),
-        ("auditor.toml", include_str!("../../policies/auditor.toml")),
-        ("dev.toml", include_str!("../../policies/dev.toml")),
-        ("officer.toml", include_str!("../../policies/officer.toml")),
+        ("admin.toml", include_str!("../../../policies/admin.toml")),
+        (
+            "auditor.toml",
+            include_str!("../../../policies/auditor.toml"),
+        ),
+        ("dev.toml", include_str!("../../../policies/dev.toml")),
+        (
+            "officer.toml",
+            include_str!("../../../policies/officer.toml"),
+        ),
         (
             "separation-of-duties.toml",
-            include_str!("../../policies/separation-of-duties.toml"),
+            include_str!("../../../policies/separation-of-duties.toml"),
         ),
-        ("service.toml", include_str!("../../policies/service.toml")),
+        (
+            "service.toml",
+            include_str!("../../../policies/service.toml"),
+        ),
     ];
 
     #[test]
