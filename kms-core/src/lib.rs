@@ -9,10 +9,16 @@
 //!   data-plane ciphertext format (v1), encryption context, seal and open; key material wrapped
 //!   to a public key (import, export); Feldman-verifiable t-of-n splitting of the root secret
 //!   and the share text format.
-//! - [`key`]: key metadata and its lifecycle state machine (pure, time passed in).
+//! - [`key`] (folder `key/`): key metadata and its lifecycle state machine (pure, time passed in).
 //! - [`keyname`]: key names and key ids, parsed at the edge.
-//! - [`policy`]: access policies (TOML rules, deny by default, separation of duties) and decisions.
+//! - [`policy`] (folder `policy/`): access policies (TOML rules, deny by default, separation
+//!   of duties) and decisions.
 //! - [`totp`]: the TOTP second factor (RFC 6238).
+//!
+//! Imports run one way, with no cycle between folders (`scripts/module-graph.py kms-core/src
+//! --folders` prints the graph): `crypto` calls only the crate root (`Secret32`, `fill_random`,
+//! `CryptoError`) and `keyname`; `key` calls only `keyname`; `policy` calls nothing else in the
+//! crate. No folder calls another folder.
 
 #![forbid(unsafe_code)]
 
