@@ -4,27 +4,34 @@
 //! - [`audit`]: the hash-chained audit log format (records, chain writer, offline verify).
 //! - [`backup`]: the backup file format (every stored record, still sealed, with a checksum).
 //! - [`Secret32`]: 32 secret bytes, zeroized on drop, never printed.
-//! - [`barrier`]: the keyring of barrier keys and the sealing of every stored record.
-//! - [`ciphertext`]: the data-plane ciphertext format (v1), encryption context, seal and open.
-//! - [`key`]: key metadata and its lifecycle state machine (pure, time passed in).
+//! - [`barrier`], [`ciphertext`], [`wrap`], [`shares`] (folder `crypto/`, each re-exported
+//!   here under its own name): the barrier keyring and the sealing of every stored record; the
+//!   data-plane ciphertext format (v1), encryption context, seal and open; key material wrapped
+//!   to a public key (import, export); Feldman-verifiable t-of-n splitting of the root secret
+//!   and the share text format.
+//! - [`key`] (folder `key/`): key metadata and its lifecycle state machine (pure, time passed in).
 //! - [`keyname`]: key names and key ids, parsed at the edge.
-//! - [`policy`]: access policies (TOML rules, deny by default, separation of duties) and decisions.
-//! - [`shares`]: Feldman-verifiable t-of-n splitting of the root secret and the share text format.
+//! - [`policy`] (folder `policy/`): access policies (TOML rules, deny by default, separation
+//!   of duties) and decisions.
+//! - [`totp`]: the TOTP second factor (RFC 6238).
+//!
+//! Imports run one way, with no cycle between folders (`scripts/module-graph.py kms-core/src
+//! --folders` prints the graph): `crypto` calls only the crate root (`Secret32`, `fill_random`,
+//! `CryptoError`) and `keyname`; `key` calls only `keyname`; `policy` calls nothing else in the
+//! crate. No folder calls another folder.
 
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod backup;
-pub mod barrier;
-pub mod ciphertext;
+mod crypto;
 pub mod key;
 pub mod keyname;
 pub mod policy;
 mod secret;
-pub mod shares;
 pub mod totp;
-pub mod wrap;
 
+pub use crypto::{barrier, ciphertext, shares, wrap};
 pub use secret::Secret32;
 
 /// A failure of the operating system's random number generator.
