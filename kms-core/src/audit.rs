@@ -227,7 +227,7 @@ pub enum VerifyError {
          seq {last_seq} were removed (the tail was cut, or a later file is missing)"
     )]
     Truncated {
-        /// The last line read (0 if none).
+        /// The last record line; the torn line if it is the only line; 0 if none.
         line: usize,
         last_seq: u64,
         sealed_seq: u64,
@@ -381,8 +381,11 @@ impl Verifier {
         if let Some(head) = &self.expected_head
             && self.last_seq < head.seq
         {
+            // The last record line; when a torn line is all there is, that line (the place
+            // the log was cut), so the error names a line of the file whenever it has one.
+            let records = self.lines - usize::from(self.torn.is_some());
             return Err(VerifyError::Truncated {
-                line: self.lines - usize::from(self.torn.is_some()),
+                line: if records == 0 { self.lines } else { records },
                 last_seq: self.last_seq,
                 sealed_seq: head.seq,
             });
@@ -584,6 +587,18 @@ mod tests {
         let head = Chain::resume(&lines[2]).expect("resume").head();
         assert_eq!(head.seq, 3);
         assert_eq!(check(&lines, Some(&head)).map(|r| r.records), Ok(5));
+    }
+
+    /// Found by `proptest_audit`: a log of one record whose newline became another byte is a
+    /// torn line only, cut before the sealed head; the error names that line, not line 0.
+    #[test]
+    fn a_lone_torn_line_before_the_head_names_its_line() {
+        let mut chain = Chain::genesis();
+        let line = chain.append(record("create-key"));
+        let text = format!("{line}\0");
+        let err = verify(lines_of(&text), Some(&chain.head())).expect_err("cut");
+        assert_eq!(err.line(), Some(1), "{err:?}");
+        assert!(matches!(err, VerifyError::Truncated { last_seq: 0, .. }), "{err:?}");
     }
 
     #[test]
