@@ -13,7 +13,9 @@
 use super::*;
 
 use kms_core::wrap::{self, Recipient, WrapError, WrappingKey};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::storage::Expect;
 
 /// Where import token records live.
 pub(super) const IMPORTS: &str = "imports/";
