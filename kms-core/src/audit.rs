@@ -598,7 +598,10 @@ mod tests {
         let text = format!("{line}\0");
         let err = verify(lines_of(&text), Some(&chain.head())).expect_err("cut");
         assert_eq!(err.line(), Some(1), "{err:?}");
-        assert!(matches!(err, VerifyError::Truncated { last_seq: 0, .. }), "{err:?}");
+        assert!(
+            matches!(err, VerifyError::Truncated { last_seq: 0, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
