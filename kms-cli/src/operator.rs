@@ -39,8 +39,12 @@ pub(crate) enum Operator {
     /// Submit one unseal share (prompted without echo when not given), or reset progress.
     #[command(
         after_help = "Examples:\n  kms-cli operator unseal              # prompts, no echo\n  \
+        kms-cli operator unseal --expect-installation sha256:3f1c…   # refuses an impostor\n  \
         kms-cli operator unseal --share-file share-2.age --identity officer2.key\n  \
-        kms-cli operator unseal --reset"
+        kms-cli operator unseal --reset\n\n\
+        With --expect-installation (or KMS_EXPECT_INSTALLATION), the server's status is asked \
+        first and the share is sent only if its installation fingerprint is the one given; \
+        otherwise kms-cli exits 1 (refused) and nothing is sent."
     )]
     Unseal {
         /// The share text (kms1-…). Prefer the prompt: arguments end up in shell history.
@@ -55,6 +59,11 @@ pub(crate) enum Operator {
         /// Discard the shares submitted so far.
         #[arg(long)]
         reset: bool,
+        /// The installation fingerprint (sha256:…, as `operator init` printed it) the server
+        /// must report before the share is sent; a different one exits 1 (refused) without
+        /// sending anything. Not checked with --reset.
+        #[arg(long, value_name = "FINGERPRINT", env = "KMS_EXPECT_INSTALLATION")]
+        expect_installation: Option<String>,
     },
     /// Seal now: the server erases every secret it holds in memory.
     #[command(after_help = "Example:\n  kms-cli operator seal")]
@@ -109,12 +118,21 @@ pub(crate) async fn run(op: Operator, conn: &Conn, fmt: Format) -> Result<(), Fa
         _ => {}
     }
     // Check local input before connecting, so a typo costs no round trip.
+    let expected = match &op {
+        Operator::Unseal {
+            expect_installation: Some(fp),
+            reset: false,
+            ..
+        } => Some(check_fingerprint_text(fp)?),
+        _ => None,
+    };
     let local_share = match &op {
         Operator::Unseal {
             share,
             share_file,
             identity,
             reset: false,
+            ..
         } => Some(read_share(
             share.as_deref(),
             share_file.as_ref(),
@@ -147,6 +165,7 @@ pub(crate) async fn run(op: Operator, conn: &Conn, fmt: Format) -> Result<(), Fa
                 &shares_text,
                 resp.threshold,
                 &resp.share_set_id,
+                &resp.installation_fingerprint,
                 recipients,
                 &out_dir,
                 "initialised",
@@ -155,6 +174,9 @@ pub(crate) async fn run(op: Operator, conn: &Conn, fmt: Format) -> Result<(), Fa
         Operator::Unseal { reset: true, .. } => print_status(fmt, &client.unseal_reset().await?),
         Operator::Unseal { .. } => {
             let share = local_share.ok_or_else(|| Failure::usage("no share given"))?;
+            if let Some(expected) = expected {
+                check_installation(&client.status().await?, &expected)?;
+            }
             print_status(fmt, &client.unseal(&share).await?);
         }
         Operator::Seal => print_status(fmt, &client.seal().await?),
@@ -188,6 +210,7 @@ pub(crate) async fn run(op: Operator, conn: &Conn, fmt: Format) -> Result<(), Fa
                 &shares_text,
                 resp.threshold,
                 &resp.share_set_id,
+                &resp.installation_fingerprint,
                 None,
                 &PathBuf::from("."),
                 "rekeyed",
@@ -372,11 +395,29 @@ fn officer_recipients(
         .map(Some)
 }
 
+/// What to do with the fingerprint printed by init and rekey.
+fn pin_advice(what: &str, fingerprint: &str) -> String {
+    let change = if what == "rekeyed" {
+        "The fingerprint changed with the share set: replace the old value in \
+         [seal] installation on every node before it next starts (a node pinned to the old one \
+         refuses to unseal). "
+    } else {
+        ""
+    };
+    format!(
+        "installation: {fingerprint}\n{change}Pin it: put `installation = \"{fingerprint}\"` \
+         in the [seal] section of every server's config file, and give it to the officers \
+         (`kms-cli operator unseal --expect-installation {fingerprint}`)."
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
 fn output_shares(
     fmt: Format,
     shares: &[Zeroizing<String>],
     threshold: u32,
     set_id: &str,
+    fingerprint: &str,
     recipients: Option<Vec<age::x25519::Recipient>>,
     out_dir: &std::path::Path,
     what: &str,
@@ -396,7 +437,13 @@ fn output_shares(
         match fmt {
             Format::Json => println!(
                 "{}",
-                json!({"share_files": files, "threshold": threshold, "share_set_id": set_id})
+                json!({
+                    "share_files": files,
+                    "threshold": threshold,
+                    "share_set_id": set_id,
+                    "installation_fingerprint": fingerprint,
+                    "pin": pin_advice(what, fingerprint),
+                })
             ),
             Format::Human => {
                 println!(
@@ -409,6 +456,7 @@ fn output_shares(
                 println!(
                     "Give each officer their file; they unseal with --share-file FILE --identity KEY."
                 );
+                println!("{}", pin_advice(what, fingerprint));
             }
         }
         return Ok(());
@@ -418,7 +466,13 @@ fn output_shares(
             let list: Vec<&str> = shares.iter().map(|s| s.as_str()).collect();
             println!(
                 "{}",
-                json!({"shares": list, "threshold": threshold, "share_set_id": set_id})
+                json!({
+                    "shares": list,
+                    "threshold": threshold,
+                    "share_set_id": set_id,
+                    "installation_fingerprint": fingerprint,
+                    "pin": pin_advice(what, fingerprint),
+                })
             );
         }
         Format::Human => {
@@ -430,6 +484,7 @@ fn output_shares(
             for (i, s) in shares.iter().enumerate() {
                 println!("share {}: {}", i + 1, s.as_str());
             }
+            println!("{}", pin_advice(what, fingerprint));
         }
     }
     Ok(())
@@ -451,6 +506,7 @@ fn print_status(fmt: Format, s: &StatusResponse) {
                 "barrier_terms": s.barrier_terms,
                 "version": s.version,
                 "storage": s.storage,
+                "installation_fingerprint": s.installation_fingerprint,
             })
         ),
         Format::Human => {
@@ -472,9 +528,51 @@ fn print_status(fmt: Format, s: &StatusResponse) {
                 );
             }
             println!("share set: {}", s.share_set_id);
+            println!("installation: {}", s.installation_fingerprint);
             println!("server:    {} ({})", s.version, s.storage);
         }
     }
+}
+
+/// Checks an expected installation fingerprint locally (`sha256:` and 64 hex digits);
+/// returns it in lower case, as the server prints it.
+fn check_fingerprint_text(text: &str) -> Result<String, Failure> {
+    let t = text.trim();
+    let ok = t
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(Failure::usage(format!(
+            "--expect-installation {t:?} is not an installation fingerprint: expected \
+             \"sha256:\" followed by 64 hex digits, as `kms-cli operator init` printed it; \
+             nothing was sent"
+        )));
+    }
+    Ok(format!("sha256:{}", t[7..].to_ascii_lowercase()))
+}
+
+/// Refuses (exit 1) unless the server reports the expected installation: called before a share
+/// is sent, so an officer never hands one to another installation than theirs.
+fn check_installation(status: &StatusResponse, expected: &str) -> Result<(), Failure> {
+    if !status.initialized {
+        return Err(Failure::server(format!(
+            "the server is not initialised, so it is not installation {expected}: the share was \
+             not sent. Its data directory or database may have been swapped or lost"
+        )));
+    }
+    if status.installation_fingerprint != expected {
+        return Err(Failure::server(format!(
+            "the server holds installation {} but you expect {expected}: the share was not \
+             sent. Either this is not your KMS (a swapped data directory or database, or the \
+             wrong address), or it was rekeyed since (ask for the new fingerprint)",
+            if status.installation_fingerprint.is_empty() {
+                "(none reported)"
+            } else {
+                status.installation_fingerprint.as_str()
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// Parses a share locally: a typo is caught by its checksum before anything is sent.

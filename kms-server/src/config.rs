@@ -31,6 +31,21 @@ pub struct Config {
     /// The Prometheus metrics listener; on by default, loopback only (see docs/metrics.md).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The installation this server serves (see docs/installation-pin.md); optional.
+    #[serde(default)]
+    pub seal: SealSettings,
+}
+
+/// `[seal]`: what the server checks about the seal configuration it finds in storage.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealSettings {
+    /// The installation fingerprint (`sha256:…`, printed by `kms-cli operator init`, `rekey`
+    /// and `status`). When set, a store holding another installation is refused at unseal
+    /// and rekey (FAILED_PRECONDITION, no share evaluated), and init is refused. A malformed
+    /// value stops the start, naming the file and line.
+    #[serde(default)]
+    pub installation: Option<crate::seal::Fingerprint>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

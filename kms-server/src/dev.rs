@@ -113,6 +113,8 @@ pub async fn run(data_dir: &Path, listen: SocketAddr, options: Options) -> Resul
         limits: Default::default(),
         // On by default, loopback only (docs/metrics.md).
         metrics: Default::default(),
+        // Not pinned: dev mode may start over from an empty data directory.
+        seal: Default::default(),
     };
     let tls = crate::load_tls(&config)?;
     let sink = crate::open_audit(&config)?;

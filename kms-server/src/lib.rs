@@ -50,9 +50,9 @@ use tokio::net::TcpListener;
 
 pub use access::authz::Authz;
 pub use audit::AuditConfig;
-pub use config::{Config, StorageConfig, TlsConfig};
+pub use config::{Config, SealSettings, StorageConfig, TlsConfig};
 pub use error::KmsError;
-pub use seal::Seal;
+pub use seal::{Fingerprint, Seal};
 pub use transport::LimitsConfig;
 
 /// How long open connections may take to finish once shutdown starts.
@@ -78,7 +78,8 @@ pub fn open_audit(config: &Config) -> Result<Arc<audit::AuditSink>, String> {
     audit::AuditSink::open(&config.audit).map(Arc::new)
 }
 
-/// Opens the configured storage and loads the seal configuration (sealed).
+/// Opens the configured storage and loads the seal configuration (sealed), pinned to
+/// `[seal] installation` if set.
 pub async fn open_seal(config: &Config) -> Result<Arc<Seal>, String> {
     let backend: Arc<dyn storage::Backend> = match &config.storage {
         StorageConfig::Sled { path } => {
@@ -92,10 +93,21 @@ pub async fn open_seal(config: &Config) -> Result<Arc<Seal>, String> {
                 .map_err(|e| format!("cannot open storage: {e}"))?,
         ),
     };
-    Seal::load(backend)
+    let seal = Seal::load(backend)
         .await
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?
+        .pinned(config.seal.installation);
+    // The server still starts (status shows both, and the operator must see why): unseal,
+    // rekey and init are what it refuses.
+    if let Some(pin) = config.seal.installation {
+        match seal.pin_mismatch().await {
+            Some(e) => tracing::error!(error = %e, "this server will not unseal this store"),
+            None => {
+                tracing::info!(installation = %pin, "pinned to installation ([seal] installation)")
+            }
+        }
+    }
+    Ok(Arc::new(seal))
 }
 
 /// Serves every service on `listener` with mTLS until `shutdown` resolves.

@@ -179,14 +179,20 @@ impl OperatorService {
             barrier_terms: s.barrier_terms,
             version: env!("CARGO_PKG_VERSION").to_string(),
             storage: self.seal.storage_name().to_string(),
+            installation_fingerprint: s.installation_fingerprint,
         }
     }
 }
 
-fn shares_out(s: NewShares) -> (Vec<String>, u32, String) {
+fn shares_out(s: NewShares) -> (Vec<String>, u32, String, String) {
     // The response must own plain Strings; the zeroizing originals are wiped on drop here.
     let shares = s.shares.iter().map(|z| z.to_string()).collect();
-    (shares, u32::from(s.threshold), s.share_set_id.to_string())
+    (
+        shares,
+        u32::from(s.threshold),
+        s.share_set_id.to_string(),
+        s.fingerprint.to_string(),
+    )
 }
 
 /// The chunks of a backup, produced by a task ([`crate::backup::send`]).
@@ -198,12 +204,13 @@ impl Operator for OperatorService {
 
     async fn init(&self, req: Request<InitRequest>) -> Result<Response<InitResponse>, Status> {
         let r = req.into_inner();
-        let (shares, threshold, share_set_id) =
+        let (shares, threshold, share_set_id, installation_fingerprint) =
             shares_out(self.seal.init(r.shares, r.threshold).await?);
         Ok(Response::new(InitResponse {
             shares,
             threshold,
             share_set_id,
+            installation_fingerprint,
         }))
     }
 
@@ -266,11 +273,12 @@ impl Operator for OperatorService {
             .await;
         r.current_shares.iter_mut().for_each(Zeroize::zeroize);
         let new = result?;
-        let (shares, threshold, share_set_id) = shares_out(new);
+        let (shares, threshold, share_set_id, installation_fingerprint) = shares_out(new);
         Ok(Response::new(RekeyResponse {
             shares,
             threshold,
             share_set_id,
+            installation_fingerprint,
         }))
     }
 

@@ -6,6 +6,9 @@
 //!   each change it atomically (one compare-and-set).
 //! - `sys/installation` (barrier-sealed): proves at unseal that the keyring opens records.
 //!
+//! The installation fingerprint ([`Fingerprint`]) names the seal configuration; a server pinned
+//! to one (`[seal] installation`) refuses to unseal, rekey or initialise any other.
+//!
 //! The root secret and the shares are never written anywhere. While unsealed, the root key and
 //! the keyring live in memory only; sealing drops them (their types zeroize on drop).
 
@@ -20,7 +23,9 @@ use zeroize::Zeroizing;
 use crate::error::KmsError;
 use crate::storage::{Backend, Expect};
 
+mod fingerprint;
 mod record;
+pub use fingerprint::Fingerprint;
 use record::{Config, SEAL_FORMAT, SealRecord, parse_config, read_config};
 
 pub(crate) const SEAL_PATH: &str = "core/seal";
@@ -34,6 +39,8 @@ enum State {
 struct Inner {
     config: Option<Config>,
     state: State,
+    /// The installation this server is pinned to (`[seal] installation`), if any.
+    pin: Option<Fingerprint>,
 }
 
 /// A snapshot of the seal state, safe to show anyone.
@@ -48,6 +55,8 @@ pub struct SealStatus {
     pub share_set_id: String,
     pub barrier_term: u32,
     pub barrier_terms: u32,
+    /// The installation fingerprint (`sha256:…`); empty while not initialised.
+    pub installation_fingerprint: String,
 }
 
 /// What [`Seal::reload_config`] did.
@@ -66,6 +75,8 @@ pub struct NewShares {
     pub shares: Vec<Zeroizing<String>>,
     pub threshold: u8,
     pub share_set_id: ShareSetId,
+    /// The installation fingerprint of the new seal configuration.
+    pub fingerprint: Fingerprint,
 }
 
 /// The seal manager. All operator changes are serialised by one lock.
@@ -92,8 +103,24 @@ impl Seal {
                 state: State::Sealed {
                     submitted: Vec::new(),
                 },
+                pin: None,
             }),
         })
+    }
+
+    /// Pins this server to one installation (`[seal] installation`): unseal and rekey are then
+    /// refused, before any share is evaluated, while the store holds a seal configuration
+    /// with another fingerprint, and init is refused.
+    pub fn pinned(mut self, pin: Option<Fingerprint>) -> Self {
+        self.inner.get_mut().pin = pin;
+        self
+    }
+
+    /// Whether the stored installation differs from the pinned one (a warning at start).
+    pub async fn pin_mismatch(&self) -> Option<String> {
+        check_pin(&*self.inner.lock().await)
+            .err()
+            .map(|e| e.to_string())
     }
 
     /// Name of the storage backend.
@@ -125,6 +152,14 @@ impl Seal {
         if inner.config.is_some() {
             return Err(KmsError::AlreadyInitialized);
         }
+        if let Some(pin) = &inner.pin {
+            return Err(KmsError::FailedPrecondition(format!(
+                "this server is pinned to installation {pin} ([seal] installation) and does not \
+                 initialise another: the data directory or database is empty, so it was swapped \
+                 or lost. Restore it from backup; only to start a new installation knowingly, \
+                 remove [seal] installation from the config file and restart"
+            )));
+        }
         let (n, t) = share_params(n, t)?;
         let (root_secret, commitments, set_id, shares) = shares::split(n, t)?;
         let mut installation_id = vec![0u8; 16];
@@ -151,18 +186,22 @@ impl Seal {
         // The seal record is the commit point of init: written once, never overwritten here.
         self.write_config(&mut inner, record, Expect::Absent)
             .await?;
-        tracing::info!(shares = n, threshold = t, share_set = %set_id, "kms initialised");
+        let fingerprint = stored_fingerprint(&inner)?;
+        tracing::info!(shares = n, threshold = t, share_set = %set_id, installation = %fingerprint, "kms initialised");
         Ok(NewShares {
             shares: shares.iter().map(Share::to_text).collect(),
             threshold: t,
             share_set_id: set_id,
+            fingerprint,
         })
     }
 
     /// Submits one share. It is verified against the commitments at once; a bad one is refused
     /// with its index and the progress is left unchanged. At t shares the KMS unseals.
+    ///
+    /// A server pinned to another installation refuses first (FAILED_PRECONDITION), before the
+    /// share is parsed: nothing is evaluated or counted.
     pub async fn unseal(&self, text: &str) -> Result<SealStatus, KmsError> {
-        let share: Share = text.parse()?;
         let mut inner = self.inner.lock().await;
         // On a shared store another node may have initialised or rekeyed moments ago (before
         // this node followed the change): every share is checked against the stored
@@ -188,7 +227,9 @@ impl Seal {
             }
             inner.config = Some(fresh);
         }
-        let Inner { config, state } = &mut *inner;
+        check_pin(&inner)?;
+        let share: Share = text.parse()?;
+        let Inner { config, state, .. } = &mut *inner;
         let config = config.as_ref().ok_or(KmsError::NotInitialized)?;
         let State::Sealed { submitted } = state else {
             // Already unsealed: a late share changes nothing.
@@ -228,7 +269,7 @@ impl Seal {
         let Some(fresh) = read_config(self.backend.as_ref()).await? else {
             return Ok(Reloaded::Unchanged);
         };
-        let Inner { config, state } = &mut *inner;
+        let Inner { config, state, .. } = &mut *inner;
         if config.as_ref().is_some_and(|c| c.version >= fresh.version) {
             return Ok(Reloaded::Unchanged);
         }
@@ -291,6 +332,11 @@ impl Seal {
     /// Replaces the shares: needs t current shares, returns n' new ones with threshold t'.
     /// The keyring is re-encrypted under a new root key; records are untouched. Old shares stop
     /// working once this returns.
+    ///
+    /// The installation fingerprint changes (it covers the share set). A pinned server refuses
+    /// before evaluating a share if the store is not its installation; after its own rekey it
+    /// follows the new fingerprint in memory (t shares of the pinned installation vouched for
+    /// it), until it restarts: its config file, and every other node's, must be updated.
     pub async fn rekey(
         &self,
         current: &[String],
@@ -303,6 +349,7 @@ impl Seal {
             .map(|s| s.parse::<Share>())
             .collect::<Result<Vec<_>, _>>()?;
         let mut inner = self.inner.lock().await;
+        check_pin(&inner)?;
         let config = inner.config.as_ref().ok_or(KmsError::NotInitialized)?;
         let mut accepted: Vec<Share> = Vec::new();
         for share in parsed {
@@ -337,18 +384,28 @@ impl Seal {
             State::Sealed { submitted } => submitted.clear(),
             State::Unsealed { root: r, .. } => *r = root,
         }
-        tracing::warn!(shares = new_n, threshold = new_t, share_set = %set_id, "kms rekeyed");
+        let fingerprint = stored_fingerprint(&inner)?;
+        tracing::warn!(shares = new_n, threshold = new_t, share_set = %set_id, installation = %fingerprint, "kms rekeyed");
+        if let Some(pin) = inner.pin.as_mut() {
+            let old = std::mem::replace(pin, fingerprint);
+            tracing::warn!(
+                pinned = %old,
+                installation = %fingerprint,
+                "the installation fingerprint changed with the rekey: set [seal] installation = \"{fingerprint}\" in the config file of every node before it next starts"
+            );
+        }
         Ok(NewShares {
             shares: shares.iter().map(Share::to_text).collect(),
             threshold: new_t,
             share_set_id: set_id,
+            fingerprint,
         })
     }
 
     /// Adds a barrier-key term. Needs the KMS unsealed.
     pub async fn rotate_barrier(&self) -> Result<(u32, u32), KmsError> {
         let mut inner = self.inner.lock().await;
-        let Inner { config, state } = &mut *inner;
+        let Inner { config, state, .. } = &mut *inner;
         let config = config.as_ref().ok_or(KmsError::NotInitialized)?;
         let State::Unsealed { root, keyring } = state else {
             return Err(KmsError::Sealed);
@@ -455,6 +512,34 @@ fn check_share(share: &Share, config: &Config, submitted: &[Share]) -> Result<()
     })
 }
 
+/// Refuses a store that holds another installation than the pinned one. Passes when not
+/// pinned or not initialised (init refuses on its own; unseal then says "not initialised").
+fn check_pin(inner: &Inner) -> Result<(), KmsError> {
+    let (Some(pin), Some(config)) = (&inner.pin, &inner.config) else {
+        return Ok(());
+    };
+    if config.fingerprint == *pin {
+        return Ok(());
+    }
+    Err(KmsError::FailedPrecondition(format!(
+        "the data directory or database holds another installation than the one this server is \
+         pinned to: it holds installation {}, [seal] installation is {pin}. The store was \
+         replaced or swapped; or, on a shared database, another node rekeyed it (then set \
+         [seal] installation to the new fingerprint and restart). No share was evaluated or \
+         counted",
+        config.fingerprint
+    )))
+}
+
+/// The fingerprint of the configuration just written.
+fn stored_fingerprint(inner: &Inner) -> Result<Fingerprint, KmsError> {
+    inner
+        .config
+        .as_ref()
+        .map(|c| c.fingerprint)
+        .ok_or_else(|| KmsError::Internal("no seal configuration after writing it".into()))
+}
+
 fn share_params(n: u32, t: u32) -> Result<(u8, u8), KmsError> {
     let n8 = u8::try_from(n).map_err(|_| KmsError::invalid("shares must be between 1 and 32"))?;
     let t8 =
@@ -474,6 +559,7 @@ fn status_of(inner: &Inner) -> SealStatus {
             share_set_id: String::new(),
             barrier_term: 0,
             barrier_terms: 0,
+            installation_fingerprint: String::new(),
         };
     };
     let (sealed, indexes, term, terms) = match &inner.state {
@@ -503,5 +589,6 @@ fn status_of(inner: &Inner) -> SealStatus {
         share_set_id: config.set_id.to_string(),
         barrier_term: term,
         barrier_terms: terms,
+        installation_fingerprint: config.fingerprint.to_string(),
     }
 }

@@ -4,7 +4,7 @@
 use kms_core::shares::{Commitments, ShareSetId};
 use serde::{Deserialize, Serialize};
 
-use super::{INSTALLATION_PATH, SEAL_PATH};
+use super::{Fingerprint, INSTALLATION_PATH, SEAL_PATH};
 use crate::error::KmsError;
 use crate::storage::Backend;
 
@@ -35,6 +35,8 @@ pub(super) struct Config {
     pub(super) keyring_blob: Vec<u8>,
     pub(super) created_unix: u64,
     pub(super) version: u64,
+    /// Of the installation id, share-set id and commitments as stored.
+    pub(super) fingerprint: Fingerprint,
 }
 
 pub(super) async fn read_config(backend: &dyn Backend) -> Result<Option<Config>, KmsError> {
@@ -84,16 +86,16 @@ pub(super) fn parse_config(record: SealRecord, version: u64) -> Result<Config, K
     }
     let set = hex::decode(&record.share_set_id).map_err(|_| bad("share set id"))?;
     let set: [u8; 4] = set.try_into().map_err(|_| bad("share set id"))?;
-    let commitments = hex::decode(&record.commitments)
-        .ok()
-        .and_then(|b| Commitments::from_bytes(&b).ok())
-        .ok_or_else(|| bad("commitments"))?;
+    let commitment_bytes = hex::decode(&record.commitments).map_err(|_| bad("commitments"))?;
+    let commitments = Commitments::from_bytes(&commitment_bytes).map_err(|_| bad("commitments"))?;
     if commitments.threshold() != record.threshold || record.threshold > record.shares {
         return Err(bad("threshold"));
     }
+    let installation_id =
+        hex::decode(&record.installation_id).map_err(|_| bad("installation id"))?;
     Ok(Config {
-        installation_id: hex::decode(&record.installation_id)
-            .map_err(|_| bad("installation id"))?,
+        fingerprint: Fingerprint::of(&installation_id, &set, &commitment_bytes),
+        installation_id,
         set_id: ShareSetId(set),
         shares: record.shares,
         threshold: record.threshold,
